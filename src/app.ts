@@ -1,0 +1,116 @@
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { once } from 'node:events';
+import type { Config } from './config/load.ts';
+import type { ListenAddress } from './config/schema.ts';
+import { createRequestHandler } from './http/request-handler.ts';
+import type { HttpContext } from './http/context.ts';
+import { createLogger, type Logger } from './observability/logger.ts';
+import { createPassThroughProxy } from './proxy/registry-proxy.ts';
+import { createRouteResolver } from './proxy/route-resolver.ts';
+import { UpstreamClient } from './upstream/upstream-client.ts';
+import { VERSION } from './version.ts';
+
+export interface App {
+  /** Starts every listener; resolves with the main listener's URL. */
+  listen(): Promise<string>;
+  /** Stops accepting, lets in-flight transfers finish for up to `graceMs`, then closes the rest. */
+  close(graceMs?: number): Promise<void>;
+  readonly url: string;
+  readonly logger: Logger;
+}
+
+export interface AppOptions {
+  logger?: Logger;
+}
+
+/** Builds docxy from a resolved config: the same way for the CLI and for tests. */
+export function createApp(config: Config, options: AppOptions = {}): App {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const clients = new Map<string, UpstreamClient>();
+  for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream));
+  const upstream = (name: string): UpstreamClient => {
+    const client = clients.get(name);
+    if (!client) throw new Error(`upstream ${name} is not configured`);
+    return client;
+  };
+  const ctx: HttpContext = {
+    config,
+    resolver: createRouteResolver(config),
+    upstream,
+    upstreams: () => clients.values(),
+    proxy: createPassThroughProxy(upstream),
+    logger,
+    version: VERSION,
+    startedAt: Date.now(),
+  };
+  const handler = createRequestHandler(ctx);
+  const server: Server = config.tls
+    ? createHttpsServer({ cert: config.tls.cert, key: config.tls.key }, handler)
+    : createHttpServer(handler);
+  const redirectServer = config.httpRedirect ? createHttpServer(redirectHandler(config)) : undefined;
+  const servers = [server, ...(redirectServer ? [redirectServer] : [])];
+  for (const s of servers) {
+    s.keepAliveTimeout = 65_000;
+    s.headersTimeout = 30_000;
+    s.requestTimeout = 0; // a blob download may legitimately take hours
+  }
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  server.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
+    if (socket.writable && !socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    logger.debug({ code: error.code }, 'client error');
+  });
+  let url = '';
+
+  return {
+    logger,
+    get url() {
+      return url;
+    },
+    async listen() {
+      url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
+      logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl?.href }, 'listening');
+      if (redirectServer && config.httpRedirect) {
+        const redirectUrl = await listenOn(redirectServer, config.httpRedirect.listen, 'http');
+        logger.info({ url: redirectUrl, to: config.publicUrl?.href }, 'redirecting plain HTTP');
+      }
+      return url;
+    },
+    async close(graceMs = 10_000) {
+      const closed = servers.map((s) => (s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve()));
+      for (const s of servers) s.closeIdleConnections();
+      const timer = setTimeout(() => {
+        for (const socket of sockets) socket.destroy();
+        for (const s of servers) s.closeAllConnections();
+      }, graceMs);
+      timer.unref();
+      await Promise.all(closed);
+      clearTimeout(timer);
+      await Promise.all([...clients.values()].map((c) => c.close()));
+    },
+  };
+}
+
+async function listenOn(server: Server, address: ListenAddress, scheme: string): Promise<string> {
+  server.listen(address.port, address.host);
+  await once(server, 'listening');
+  const bound = server.address() as AddressInfo;
+  const host = bound.family === 'IPv6' ? `[${bound.address}]` : bound.address;
+  return `${scheme}://${host}:${bound.port}`;
+}
+
+/** The optional plain-HTTP listener: everything moves to the public HTTPS URL. */
+function redirectHandler(config: Config) {
+  const base = config.publicUrl!;
+  const prefix = base.pathname === '/' ? '' : base.pathname;
+  return (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
+    const path = req.url?.startsWith('/') ? req.url : '/';
+    res.writeHead(301, { location: `${base.origin}${prefix}${path}`, 'content-length': 0 });
+    res.end();
+  };
+}

@@ -1,0 +1,278 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { BlockList, isIP } from 'node:net';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { UPSTREAM_PRESETS } from './presets.ts';
+import { configSchema, parseListen, type ListenAddress, type ParsedConfig, type Timeouts } from './schema.ts';
+
+export interface UpstreamConfig {
+  /** The key under `upstreams`, e.g. `docker.io`. */
+  name: string;
+  url: URL;
+  libraryPrefix: boolean;
+  aliases: string[];
+  hosts: string[];
+  credentials?: { username: string; password: string };
+  timeouts: Timeouts;
+}
+
+export interface TlsConfig {
+  certPath: string;
+  keyPath: string;
+  cert: Buffer;
+  key: Buffer;
+}
+
+export interface Config {
+  listen: ListenAddress;
+  publicUrl?: URL;
+  dataDir: string;
+  logLevel: ParsedConfig['logLevel'];
+  tls?: TlsConfig;
+  httpRedirect?: { listen: ListenAddress };
+  trustedProxies: BlockList;
+  trustedProxyList: string[];
+  defaultUpstream: string;
+  upstreams: Map<string, UpstreamConfig>;
+}
+
+export interface ConfigProblem {
+  /** Dotted path of the field, e.g. `upstreams.docker.io.url`; empty for the whole file. */
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[], source?: string) {
+    const lines = problems.map((p) => `  - ${p.path || '(config)'}: ${p.message}`);
+    super(`invalid configuration${source ? ` in ${source}` : ''}:\n${lines.join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+export interface LoadOptions {
+  /** Path of a YAML config file; none means every default. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Reads, validates and resolves the configuration: the one place defaults and checks live. */
+export function loadConfig(options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env;
+  const file = options.file ?? (env.DOCXY_CONFIG || undefined);
+  let raw: unknown = {};
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new ConfigError([{ path: '', message: `cannot read config file ${file}: ${(error as Error).message}` }]);
+    }
+    try {
+      raw = parseYaml(text) ?? {};
+    } catch (error) {
+      const message = error instanceof YAMLParseError ? error.message : String(error);
+      throw new ConfigError([{ path: '', message: `not valid YAML: ${message}` }], file);
+    }
+    if (typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new ConfigError([{ path: '', message: 'expected a YAML mapping at the top level' }], file);
+    }
+  }
+  return resolveConfig(applyEnv(raw as Record<string, unknown>, env), env, file);
+}
+
+/** Validates an already-parsed config object (what a YAML file holds). */
+export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?: string): Config {
+  const result = configSchema.safeParse(raw, { reportInput: true });
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => ({
+      path: issue.path.map(String).join('.'),
+      message: issue.message,
+    }));
+    throw new ConfigError(problems, source);
+  }
+  const parsed = result.data;
+  const problems: ConfigProblem[] = [];
+
+  const upstreams = new Map<string, UpstreamConfig>();
+  for (const [name, entry] of Object.entries(parsed.upstreams)) {
+    const path = `upstreams.${name}`;
+    const preset = UPSTREAM_PRESETS[name];
+    const urlText = entry.url ?? preset?.url;
+    if (!urlText) {
+      problems.push({
+        path: `${path}.url`,
+        message: `required: "${name}" is not a built-in registry (${Object.keys(UPSTREAM_PRESETS).join(', ')})`,
+      });
+      continue;
+    }
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]*$/.test(name)) {
+      problems.push({ path, message: `an upstream name must be a host-like name ([a-zA-Z0-9._-]), got ${JSON.stringify(name)}` });
+    }
+    const credentials = resolveCredentials(entry, env, path, problems);
+    upstreams.set(name, {
+      name,
+      url: new URL(urlText.replace(/\/+$/, '')),
+      libraryPrefix: entry.libraryPrefix ?? preset?.libraryPrefix ?? false,
+      aliases: entry.aliases ?? [],
+      hosts: entry.hosts.map((h) => h.toLowerCase()),
+      ...(credentials ? { credentials } : {}),
+      timeouts: { ...parsed.timeouts, ...entry.timeouts },
+    });
+  }
+  checkUniqueNames(upstreams, problems);
+
+  if (!parsed.upstreams[parsed.defaultUpstream]) {
+    problems.push({
+      path: 'defaultUpstream',
+      message: `"${parsed.defaultUpstream}" is not one of the configured upstreams (${Object.keys(parsed.upstreams).join(', ')})`,
+    });
+  }
+
+  const trustedProxies = new BlockList();
+  parsed.trustedProxies.forEach((entry, index) => {
+    if (!addToBlockList(trustedProxies, entry)) {
+      problems.push({ path: `trustedProxies.${index}`, message: `expected an IP address or CIDR, got ${JSON.stringify(entry)}` });
+    }
+  });
+
+  const tls = parsed.tls ? loadTls(parsed.tls.cert, parsed.tls.key, problems) : undefined;
+  if (parsed.httpRedirect && !parsed.publicUrl) {
+    problems.push({ path: 'httpRedirect', message: 'needs publicUrl: the redirect target is built from it' });
+  }
+
+  if (problems.length > 0) throw new ConfigError(problems, source);
+  return {
+    listen: parseListen(parsed.listen)!,
+    ...(parsed.publicUrl ? { publicUrl: new URL(parsed.publicUrl.replace(/\/+$/, '')) } : {}),
+    dataDir: parsed.dataDir,
+    logLevel: parsed.logLevel,
+    ...(tls ? { tls } : {}),
+    ...(parsed.httpRedirect ? { httpRedirect: { listen: parseListen(parsed.httpRedirect.listen)! } } : {}),
+    trustedProxies,
+    trustedProxyList: parsed.trustedProxies,
+    defaultUpstream: parsed.defaultUpstream,
+    upstreams,
+  };
+}
+
+/** Environment variables override the file (Docxy's DOCXY_CERT_PATH/DOCXY_KEY_PATH included). */
+function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...raw };
+  const simple: Array<[string, string]> = [
+    ['DOCXY_LISTEN', 'listen'],
+    ['DOCXY_PUBLIC_URL', 'publicUrl'],
+    ['DOCXY_DATA_DIR', 'dataDir'],
+    ['DOCXY_LOG_LEVEL', 'logLevel'],
+  ];
+  for (const [variable, key] of simple) {
+    const value = env[variable];
+    if (value) merged[key] = value;
+  }
+  const cert = env.DOCXY_CERT_PATH;
+  const key = env.DOCXY_KEY_PATH;
+  if (cert || key) {
+    const current = (typeof merged.tls === 'object' && merged.tls !== null ? merged.tls : {}) as Record<string, unknown>;
+    merged.tls = { ...current, ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  }
+  return merged;
+}
+
+function resolveCredentials(
+  entry: ParsedConfig['upstreams'][string],
+  env: NodeJS.ProcessEnv,
+  path: string,
+  problems: ConfigProblem[],
+): { username: string; password: string } | undefined {
+  const sources = [entry.password, entry.passwordFile, entry.passwordEnv].filter((s) => s !== undefined);
+  if (sources.length > 1) {
+    problems.push({ path, message: 'set only one of password, passwordFile and passwordEnv' });
+    return undefined;
+  }
+  if (!entry.username && sources.length === 0) return undefined;
+  if (!entry.username) {
+    problems.push({ path: `${path}.username`, message: 'required when a password is set' });
+    return undefined;
+  }
+  let password = entry.password;
+  if (entry.passwordFile) {
+    try {
+      password = readFileSync(entry.passwordFile, 'utf8').replace(/\r?\n$/, '');
+    } catch (error) {
+      problems.push({ path: `${path}.passwordFile`, message: `cannot read ${entry.passwordFile}: ${(error as Error).message}` });
+      return undefined;
+    }
+  } else if (entry.passwordEnv) {
+    password = env[entry.passwordEnv];
+    if (!password) {
+      problems.push({ path: `${path}.passwordEnv`, message: `environment variable ${entry.passwordEnv} is not set` });
+      return undefined;
+    }
+  }
+  if (!password) {
+    problems.push({ path: `${path}.password`, message: 'required when username is set (or passwordFile / passwordEnv)' });
+    return undefined;
+  }
+  return { username: entry.username, password };
+}
+
+function checkUniqueNames(upstreams: Map<string, UpstreamConfig>, problems: ConfigProblem[]): void {
+  const owners = new Map<string, string>();
+  for (const upstream of upstreams.values()) owners.set(upstream.name.toLowerCase(), upstream.name);
+  for (const upstream of upstreams.values()) {
+    upstream.aliases.forEach((alias, index) => {
+      const owner = owners.get(alias.toLowerCase());
+      if (owner !== undefined && owner !== upstream.name) {
+        problems.push({ path: `upstreams.${upstream.name}.aliases.${index}`, message: `"${alias}" already names upstream ${owner}` });
+      } else owners.set(alias.toLowerCase(), upstream.name);
+    });
+  }
+  const hostOwners = new Map<string, string>();
+  for (const upstream of upstreams.values()) {
+    upstream.hosts.forEach((host, index) => {
+      const owner = hostOwners.get(host);
+      if (owner !== undefined) {
+        problems.push({ path: `upstreams.${upstream.name}.hosts.${index}`, message: `"${host}" is already a host of upstream ${owner}` });
+      } else hostOwners.set(host, upstream.name);
+    });
+  }
+}
+
+function addToBlockList(list: BlockList, entry: string): boolean {
+  const [address, prefixText] = entry.split('/');
+  const family = address ? isIP(address) : 0;
+  if (family === 0) return false;
+  const type = family === 6 ? 'ipv6' : 'ipv4';
+  if (prefixText === undefined) {
+    list.addAddress(address!, type);
+    return true;
+  }
+  const prefix = Number(prefixText);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > (family === 6 ? 128 : 32)) return false;
+  list.addSubnet(address!, prefix, type);
+  return true;
+}
+
+function loadTls(certPath: string, keyPath: string, problems: ConfigProblem[]): TlsConfig | undefined {
+  let cert: Buffer | undefined;
+  let key: Buffer | undefined;
+  try {
+    cert = readFileSync(certPath);
+    new X509Certificate(cert);
+  } catch (error) {
+    problems.push({ path: 'tls.cert', message: `cannot load PEM certificate ${certPath}: ${(error as Error).message}` });
+  }
+  try {
+    key = readFileSync(keyPath);
+    createPrivateKey(key);
+  } catch (error) {
+    problems.push({
+      path: 'tls.key',
+      message: `cannot load PEM private key ${keyPath} (PKCS#8, RSA PKCS#1 or EC SEC1): ${(error as Error).message}`,
+    });
+  }
+  if (!cert || !key) return undefined;
+  return { certPath, keyPath, cert, key };
+}

@@ -1,0 +1,29 @@
+import type { Config } from '../config/load.ts';
+import type { Logger } from '../observability/logger.ts';
+import type { RegistryProxy } from '../proxy/registry-proxy.ts';
+import type { RouteResolver } from '../proxy/route-resolver.ts';
+import type { UpstreamClient } from '../upstream/upstream-client.ts';
+
+/** Everything a request handler needs, built once by the app. */
+export interface HttpContext {
+  config: Config;
+  resolver: RouteResolver;
+  upstream(name: string): UpstreamClient;
+  upstreams(): Iterable<UpstreamClient>;
+  proxy: RegistryProxy;
+  logger: Logger;
+  version: string;
+  startedAt: number;
+}
+
+/** Fields a handler adds to the one log line written when the request ends. */
+export interface RequestLog {
+  route?: string;
+  upstream?: string;
+  repo?: string;
+  ref?: string;
+  mode?: string;
+  source?: string;
+  bytes: number;
+  error?: string;
+}

@@ -1,0 +1,42 @@
+import type { ServerResponse } from 'node:http';
+import { RegistryError } from '../oci/errors.ts';
+import type { Logger } from '../observability/logger.ts';
+import { UpstreamError } from '../upstream/upstream-error.ts';
+
+export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
+
+/** Translates anything thrown while serving a request into the registry error a client gets. */
+export function toRegistryError(error: unknown): RegistryError {
+  if (error instanceof RegistryError) return error;
+  if (error instanceof UpstreamError) {
+    const code =
+      error.kind === 'timeout' ? 'DOCXY_UPSTREAM_TIMEOUT' : error.kind === 'unreachable' ? 'DOCXY_UPSTREAM_UNREACHABLE' : 'DOCXY_UPSTREAM_ERROR';
+    return new RegistryError(code, error.message, { detail: { upstream: error.upstream }, cause: error });
+  }
+  return new RegistryError('DOCXY_INTERNAL', 'internal error', { cause: error });
+}
+
+/**
+ * The one writer of error bodies. If part of a body was already sent, the only honest signal
+ * left is to destroy the connection: never append JSON to half a blob, never end it as if complete.
+ */
+export function writeError(res: ServerResponse, error: unknown, logger: Logger): void {
+  const registryError = toRegistryError(error);
+  if (registryError.code === 'DOCXY_INTERNAL') logger.error({ err: error }, 'internal error');
+  if (res.headersSent) {
+    res.destroy(error instanceof Error ? error : undefined);
+    return;
+  }
+  sendJson(res, registryError.status, registryError.toBody(), registryError.headers);
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, {
+    ...API_VERSION_HEADER,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(payload),
+    ...headers,
+  });
+  res.end(res.req.method === 'HEAD' ? undefined : payload);
+}

@@ -1,0 +1,35 @@
+import type { ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { ProxyResponse } from '../proxy/registry-proxy.ts';
+import type { HeaderValues } from '../upstream/upstream-client.ts';
+import type { RequestLog } from './context.ts';
+import { API_VERSION_HEADER } from './error-writer.ts';
+import { forwardableResponseHeaders } from './headers.ts';
+
+/**
+ * Writes a proxied answer: status and headers as given (hop-by-hop removed), the body streamed
+ * with backpressure. A body that fails half-way destroys the connection (pipeline does), so the
+ * client sees a broken transfer, never a short one that looks complete.
+ */
+export async function sendProxyResponse(
+  res: ServerResponse,
+  response: ProxyResponse,
+  log: RequestLog,
+  rewriteHeaders?: (headers: HeaderValues) => void,
+): Promise<void> {
+  const headers = forwardableResponseHeaders(response.headers);
+  if (headers['docker-distribution-api-version'] === undefined) Object.assign(headers, API_VERSION_HEADER);
+  rewriteHeaders?.(headers);
+  log.source = response.source;
+  res.writeHead(response.status, headers);
+  const body = response.body;
+  if (!body || res.req.method === 'HEAD' || response.status === 204 || response.status === 304) {
+    body?.resume();
+    res.end();
+    return;
+  }
+  body.on('data', (chunk: Buffer) => {
+    log.bytes += chunk.length;
+  });
+  await pipeline(body, res);
+}

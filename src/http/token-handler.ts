@@ -1,0 +1,118 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { RegistryError } from '../oci/errors.ts';
+import type { UpstreamConfig } from '../config/load.ts';
+import { formatScope, isRepositoryScope, parseScope } from '../upstream/challenge.ts';
+import type { HttpContext, RequestLog } from './context.ts';
+import { forwardedRequestHeaders } from './headers.ts';
+import { sendProxyResponse } from './response-writer.ts';
+
+const TOKEN_PATH = /^\/auth(?:\/([^/]+))?\/token$/;
+const MAX_FORM_BYTES = 64 * 1024;
+/** Query/form parameters a token request carries upstream besides scope and service. */
+const PASSED_PARAMS = ['account', 'offline_token', 'client_id', 'grant_type', 'username', 'password', 'refresh_token', 'access_type'];
+
+/**
+ * docxy's token endpoint. Clients reach it through the realm docxy put in its challenge; it
+ * forwards to the token service the upstream itself advertised (discovered, never hard-coded),
+ * with the client's own credentials, its scopes rewritten to the upstream's repository names.
+ */
+export async function handleToken(
+  ctx: HttpContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  log: RequestLog,
+  signal: AbortSignal,
+): Promise<boolean> {
+  const match = TOKEN_PATH.exec(url.pathname);
+  if (!match) return false;
+  log.route = 'token';
+  if (req.method !== 'GET' && req.method !== 'POST') {
+    throw new RegistryError('UNSUPPORTED', 'the token endpoint answers GET and POST', { headers: { allow: 'GET, POST' } });
+  }
+  const realmUpstream = match[1] === undefined ? ctx.resolver.defaultUpstream : ctx.resolver.byName(decodeURIComponent(match[1]));
+  if (!realmUpstream) throw new RegistryError('NAME_UNKNOWN', `no upstream named ${JSON.stringify(match[1])} is configured`);
+
+  const params = req.method === 'POST' ? await readForm(req) : url.searchParams;
+  const { upstream, scopes } = mapScopes(ctx, realmUpstream, params.getAll('scope'));
+  log.upstream = upstream.name;
+  log.repo = scopes.map((s) => parseScope(s)?.name ?? s).join(' ');
+
+  const client = ctx.upstream(upstream.name);
+  const scheme = await client.getAuthScheme();
+  if (scheme.kind !== 'bearer') {
+    // The upstream wants no token (open, or Basic): hand out an empty one so clients proceed.
+    const body = { token: '', access_token: '', expires_in: 300, issued_at: new Date().toISOString() };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+    return true;
+  }
+
+  const forwarded = new URLSearchParams();
+  const service = scheme.service ?? params.get('service');
+  if (service) forwarded.set('service', service);
+  for (const name of PASSED_PARAMS) for (const value of params.getAll(name)) forwarded.append(name, value);
+  const headers = forwardedRequestHeaders(req);
+  delete headers.range;
+  let response;
+  if (req.method === 'POST') {
+    // OAuth2 form (containerd with credentials): scopes are space-separated in one field.
+    if (scopes.length > 0) forwarded.set('scope', scopes.join(' '));
+    response = await client.request({
+      method: 'POST',
+      target: scheme.realm,
+      headers: { ...headers, 'content-type': 'application/x-www-form-urlencoded' },
+      body: forwarded.toString(),
+      signal,
+    });
+  } else {
+    for (const scope of scopes) forwarded.append('scope', scope);
+    const target = new URL(scheme.realm);
+    for (const [name, value] of forwarded) target.searchParams.append(name, value);
+    response = await client.request({ method: 'GET', target, headers, signal });
+  }
+  await sendProxyResponse(res, { status: response.status, headers: response.headers, body: response.body, source: 'upstream' }, log);
+  return true;
+}
+
+/**
+ * Maps each scope's repository name from the client's view to the upstream's: a scope naming
+ * another upstream by prefix (`repository:ghcr.io/owner/app:pull`) selects that upstream; Docker
+ * Hub names gain `library/`. Scopes for other upstreams than the first named one are dropped.
+ */
+function mapScopes(ctx: HttpContext, realmUpstream: UpstreamConfig, rawScopes: string[]): { upstream: UpstreamConfig; scopes: string[] } {
+  let upstream: UpstreamConfig | undefined;
+  const scopes: string[] = [];
+  const pending: Array<{ upstream: UpstreamConfig; scope: string }> = [];
+  for (const raw of rawScopes.flatMap((s) => s.split(' ')).filter(Boolean)) {
+    const scope = parseScope(raw);
+    if (!scope || !isRepositoryScope(scope)) {
+      pending.push({ upstream: realmUpstream, scope: raw });
+      continue;
+    }
+    // A realm of one upstream (`/auth/<name>/token`) pins the scope to it, unless the name
+    // already carries that upstream's own prefix.
+    const byPrefix = ctx.resolver.resolve({ name: scope.name });
+    const target =
+      realmUpstream === ctx.resolver.defaultUpstream || byPrefix?.upstream === realmUpstream
+        ? byPrefix
+        : ctx.resolver.resolve({ name: scope.name, ns: realmUpstream.name });
+    if (!target) continue;
+    upstream ??= target.upstream;
+    pending.push({ upstream: target.upstream, scope: formatScope({ ...scope, name: target.repository }) });
+  }
+  upstream ??= realmUpstream;
+  for (const entry of pending) if (entry.upstream === upstream) scopes.push(entry.scope);
+  return { upstream, scopes };
+}
+
+async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_FORM_BYTES) throw new RegistryError('DOCXY_BAD_REQUEST', `token request body larger than ${MAX_FORM_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}

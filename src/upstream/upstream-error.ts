@@ -1,0 +1,29 @@
+/** Why a request to an upstream (or the CDN it redirected to) failed without an HTTP answer. */
+export type UpstreamFailure = 'unreachable' | 'timeout' | 'protocol';
+
+export class UpstreamError extends Error {
+  readonly kind: UpstreamFailure;
+  readonly upstream: string;
+
+  constructor(kind: UpstreamFailure, upstream: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'UpstreamError';
+    this.kind = kind;
+    this.upstream = upstream;
+  }
+}
+
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+
+/** Classifies a low-level error (undici, socket, DNS) raised while talking to `target`. */
+export function toUpstreamError(error: unknown, upstream: string, target: string): UpstreamError {
+  if (error instanceof UpstreamError) return error;
+  const code = (error as { code?: string } | null)?.code ?? '';
+  const reason = (error as Error | null)?.message ?? String(error);
+  if (TIMEOUT_CODES.has(code)) {
+    return new UpstreamError('timeout', upstream, `upstream ${upstream} (${target}) timed out: ${reason}`, { cause: error });
+  }
+  return new UpstreamError('unreachable', upstream, `upstream ${upstream} (${target}) is unreachable: ${code || reason}`, {
+    cause: error,
+  });
+}
