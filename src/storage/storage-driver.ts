@@ -1,0 +1,66 @@
+import type { Readable, Writable } from 'node:stream';
+
+/**
+ * Where cached content lives. Keys are `/`-separated relative paths such as
+ * `blobs/sha256/ab/ab12...`; drivers map them to files, objects or anything else.
+ *
+ * The contract every driver keeps (checked by test/unit/storage-driver.conformance.test.ts):
+ * - a key becomes visible only when its writer commits, atomically, with all of its bytes;
+ * - an aborted or crashed write leaves nothing visible under the key (and no temp file that
+ *   survives `cleanup()`);
+ * - a reader that opened a key keeps reading the same bytes even if the key is deleted or
+ *   replaced meanwhile.
+ */
+export interface StorageDriver {
+  /** Size and last-modified time, or undefined when the key does not exist. */
+  stat(key: string): Promise<StorageStat | undefined>;
+  /**
+   * Streams a key's bytes, optionally only `[start, end]` (inclusive, as in HTTP ranges).
+   * Rejects with StorageNotFoundError when the key does not exist.
+   */
+  read(key: string, range?: { start: number; end?: number }): Promise<Readable>;
+  /** Reads a small key whole (manifests, metadata); undefined when it does not exist. */
+  readAll(key: string): Promise<Buffer | undefined>;
+  /** Starts a write; nothing is visible under `key` until `commit()`. */
+  createWriter(key: string): Promise<StorageWriter>;
+  /** Writes a small value whole and atomically. */
+  writeAll(key: string, data: Buffer | string): Promise<void>;
+  /** Removes a key; no error when it does not exist. */
+  delete(key: string): Promise<void>;
+  /** Every committed key under a prefix (`''` for all), in no particular order. */
+  list(prefix: string): AsyncIterable<StorageEntry>;
+  /** Marks a key as recently used (for least-recently-used eviction). */
+  touch(key: string): Promise<void>;
+  /** Removes leftovers of interrupted writes (called at start-up). Returns how many. */
+  cleanup(): Promise<number>;
+}
+
+export interface StorageStat {
+  size: number;
+  /** Last write or touch. */
+  modifiedAt: Date;
+}
+
+export interface StorageEntry extends StorageStat {
+  key: string;
+}
+
+export interface StorageWriter {
+  /** Where the bytes go; honours backpressure. End it before commit(). */
+  readonly stream: Writable;
+  /** Bytes written so far. */
+  readonly written: number;
+  /** Makes the content visible under the key, atomically (rename). */
+  commit(): Promise<void>;
+  /** Discards the content; the key is left as it was. Safe to call more than once. */
+  abort(): Promise<void>;
+}
+
+export class StorageNotFoundError extends Error {
+  readonly key: string;
+  constructor(key: string) {
+    super(`not found in storage: ${key}`);
+    this.name = 'StorageNotFoundError';
+    this.key = key;
+  }
+}
