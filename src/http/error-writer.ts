@@ -1,7 +1,15 @@
 import type { ServerResponse } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
 import type { Logger } from '../observability/logger.ts';
-import { UpstreamError } from '../upstream/upstream-error.ts';
+import { UpstreamError, type UpstreamFailure } from '../upstream/upstream-error.ts';
+import type { ErrorCode } from '../oci/errors.ts';
+
+const UPSTREAM_FAILURE_CODES: Record<UpstreamFailure, ErrorCode> = {
+  unreachable: 'DOCXY_UPSTREAM_UNREACHABLE',
+  timeout: 'DOCXY_UPSTREAM_TIMEOUT',
+  protocol: 'DOCXY_UPSTREAM_ERROR',
+  auth: 'DOCXY_UPSTREAM_AUTH',
+};
 
 export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
 
@@ -9,8 +17,7 @@ export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry
 export function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
   if (error instanceof UpstreamError) {
-    const code =
-      error.kind === 'timeout' ? 'DOCXY_UPSTREAM_TIMEOUT' : error.kind === 'unreachable' ? 'DOCXY_UPSTREAM_UNREACHABLE' : 'DOCXY_UPSTREAM_ERROR';
+    const code = UPSTREAM_FAILURE_CODES[error.kind];
     return new RegistryError(code, error.message, { detail: { upstream: error.upstream }, cause: error });
   }
   return new RegistryError('DOCXY_INTERNAL', 'internal error', { cause: error });

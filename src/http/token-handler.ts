@@ -5,6 +5,10 @@ import { formatScope, isRepositoryScope, parseScope } from '../upstream/challeng
 import type { HttpContext, RequestLog } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { sendProxyResponse } from './response-writer.ts';
+import { sendJson } from './error-writer.ts';
+import { docxyTokenResponse } from '../proxy/client-token.ts';
+import type { AuthScheme } from '../upstream/upstream-client.ts';
+import { UpstreamError } from '../upstream/upstream-error.ts';
 
 const TOKEN_PATH = /^\/auth(?:\/([^/]+))?\/token$/;
 const MAX_FORM_BYTES = 64 * 1024;
@@ -39,12 +43,29 @@ export async function handleToken(
   log.repo = scopes.map((s) => parseScope(s)?.name ?? s).join(' ');
 
   const client = ctx.upstream(upstream.name);
-  const scheme = await client.getAuthScheme();
+  const grant = params.get('grant_type');
+  const clientLogin = req.headers.authorization !== undefined || grant === 'password' || grant === 'refresh_token';
+  if (!clientLogin && upstream.credentials !== undefined) {
+    // docxy authenticates upstream with the operator's credentials; the client needs no token of its own.
+    log.source = 'docxy';
+    sendJson(res, 200, docxyTokenResponse());
+    return true;
+  }
+  let scheme: AuthScheme;
+  try {
+    scheme = await client.getAuthScheme();
+  } catch (error) {
+    if (clientLogin) throw error;
+    // Anonymous clients can go on while the upstream is away (cached content, stale-if-error).
+    ctx.logger.warn({ upstream: upstream.name, err: (error as Error).message }, 'token service unreachable: anonymous docxy token issued');
+    log.source = 'docxy';
+    sendJson(res, 200, docxyTokenResponse());
+    return true;
+  }
   if (scheme.kind !== 'bearer') {
-    // The upstream wants no token (open, or Basic): hand out an empty one so clients proceed.
-    const body = { token: '', access_token: '', expires_in: 300, issued_at: new Date().toISOString() };
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(body));
+    // The upstream uses no bearer tokens (open, or Basic): clients proceed with docxy's token.
+    log.source = 'docxy';
+    sendJson(res, 200, docxyTokenResponse());
     return true;
   }
 
@@ -69,7 +90,15 @@ export async function handleToken(
     for (const scope of scopes) forwarded.append('scope', scope);
     const target = new URL(scheme.realm);
     for (const [name, value] of forwarded) target.searchParams.append(name, value);
-    response = await client.request({ method: 'GET', target, headers, signal });
+    try {
+      response = await client.request({ method: 'GET', target, headers, signal });
+    } catch (error) {
+      if (clientLogin || !(error instanceof UpstreamError)) throw error;
+      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'token service unreachable: anonymous docxy token issued');
+      log.source = 'docxy';
+      sendJson(res, 200, docxyTokenResponse());
+      return true;
+    }
   }
   await sendProxyResponse(res, { status: response.status, headers: response.headers, body: response.body, source: 'upstream' }, log);
   return true;
@@ -102,7 +131,7 @@ function mapScopes(ctx: HttpContext, realmUpstream: UpstreamConfig, rawScopes: s
     pending.push({ upstream: target.upstream, scope: formatScope({ ...scope, name: target.repository }) });
   }
   upstream ??= realmUpstream;
-  for (const entry of pending) if (entry.upstream === upstream) scopes.push(entry.scope);
+  for (const entry of pending) if (entry.upstream === upstream && !scopes.includes(entry.scope)) scopes.push(entry.scope);
   return { upstream, scopes };
 }
 

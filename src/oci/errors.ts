@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   DOCXY_UPSTREAM_UNREACHABLE: { status: 502, message: 'upstream registry is unreachable' },
   DOCXY_UPSTREAM_TIMEOUT: { status: 504, message: 'upstream registry timed out' },
   DOCXY_UPSTREAM_ERROR: { status: 502, message: 'upstream registry answered with an error' },
+  DOCXY_UPSTREAM_AUTH: { status: 502, message: 'upstream registry refused docxy\'s credentials' },
   DOCXY_INTERNAL: { status: 500, message: 'internal error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -1,7 +1,7 @@
-import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/load.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
+import { TokenCache } from './token-cache.ts';
 import { UpstreamError, toUpstreamError } from './upstream-error.ts';
 
 export type HeaderValues = Record<string, string | string[]>;
@@ -20,7 +20,7 @@ export interface UpstreamRequest {
 export interface UpstreamResponse {
   status: number;
   headers: HeaderValues;
-  body: Readable & { dump(): Promise<void> };
+  body: Dispatcher.ResponseData['body'];
   /** Where the final answer came from (after redirects). */
   url: URL;
 }
@@ -50,6 +50,8 @@ const AUTH_SCHEME_TTL_MS = 10 * 60_000;
 export class UpstreamClient {
   readonly config: UpstreamConfig;
   readonly name: string;
+  /** Tokens docxy itself uses upstream (server-side credentials or anonymous). */
+  readonly tokens: TokenCache;
   private readonly dispatcher: Dispatcher;
   private authScheme?: { value: AuthScheme; at: number };
   private authSchemeInFlight?: Promise<AuthScheme>;
@@ -58,6 +60,7 @@ export class UpstreamClient {
   constructor(config: UpstreamConfig, dispatcher?: Dispatcher) {
     this.config = config;
     this.name = config.name;
+    this.tokens = new TokenCache(this);
     this.dispatcher =
       dispatcher ??
       new Agent({

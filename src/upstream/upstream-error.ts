@@ -1,5 +1,6 @@
 /** Why a request to an upstream (or the CDN it redirected to) failed without an HTTP answer. */
-export type UpstreamFailure = 'unreachable' | 'timeout' | 'protocol';
+/** `auth`: the upstream's token service refused docxy's own (server-side or anonymous) request. */
+export type UpstreamFailure = 'unreachable' | 'timeout' | 'protocol' | 'auth';
 
 export class UpstreamError extends Error {
   readonly kind: UpstreamFailure;

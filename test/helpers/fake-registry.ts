@@ -30,6 +30,10 @@ export interface FakeRegistryOptions {
   cdn?: boolean;
   /** Docker Hub's rate-limit headers on manifest answers. */
   rateLimit?: boolean;
+  /** How clients authenticate: bearer tokens (default), HTTP Basic with `users`, or not at all. */
+  auth?: 'bearer' | 'basic' | 'none';
+  /** Lifetime of issued tokens, seconds. */
+  tokenLifetime?: number;
 }
 
 export interface FakeRegistry {
@@ -112,7 +116,21 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
   };
 
   const challenge = (scope?: string, error?: string) =>
-    `Bearer realm="${registry.tokenUrl}",service="${SERVICE}"${scope ? `,scope="${scope}"` : ''}${error ? `,error="${error}"` : ''}`;
+    options.auth === 'basic'
+      ? 'Basic realm="fake registry"'
+      : `Bearer realm="${registry.tokenUrl}",service="${SERVICE}"${scope ? `,scope="${scope}"` : ''}${error ? `,error="${error}"` : ''}`;
+
+  const bearerGrant = (authorization: string | undefined) =>
+    authorization?.startsWith('Bearer ') ? tokens.get(authorization.slice(7)) : undefined;
+
+  /** Basic mode: a known user reads everything; no credentials read the public repositories; 'none' mode: all. */
+  const basicGrant = (authorization: string | undefined) => {
+    const all = { has: (repo: string) => options.auth === 'none' || !privateRepos.has(repo) };
+    if (options.auth === 'none') return { repos: all };
+    if (!authorization?.startsWith('Basic ')) return undefined;
+    const [name, password] = Buffer.from(authorization.slice(6), 'base64').toString().split(':');
+    return name && users[name] === password ? { repos: { has: () => true } } : undefined;
+  };
 
   const tokenServer = createServer(async (req, res) => {
     const entry = await record(req, 'token');
@@ -137,7 +155,7 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
     }
     const token = `tok-${++tokenCounter}`;
     tokens.set(token, { repos, ...(user ? { user } : {}) });
-    json(res, 200, { token, access_token: token, expires_in: 300, issued_at: new Date().toISOString() });
+    json(res, 200, { token, access_token: token, expires_in: options.tokenLifetime ?? 300, issued_at: new Date().toISOString() });
   });
 
   const cdnServer = createServer(async (req, res) => {
@@ -154,7 +172,8 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
     if (registry.intercept && (await registry.intercept(req, res, 'registry'))) return;
     const url = new URL(req.url ?? '/', 'http://x');
     const headers = { 'docker-distribution-api-version': 'registry/2.0' };
-    const bearer = req.headers.authorization?.startsWith('Bearer ') ? tokens.get(req.headers.authorization.slice(7)) : undefined;
+    const mode = options.auth ?? 'bearer';
+    const bearer = mode === 'bearer' ? bearerGrant(req.headers.authorization) : basicGrant(req.headers.authorization);
     if (url.pathname === '/v2/') {
       if (!bearer) return json(res, 401, errors('UNAUTHORIZED', 'authentication required'), { ...headers, 'www-authenticate': challenge() });
       return json(res, 200, {}, headers);

@@ -300,14 +300,30 @@ describe('upstream failures', () => {
   test('an unreachable upstream is a 502 that names it', async () => {
     const dead = await startDocxy({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } } });
     try {
-      for (const path of ['/v2/', '/v2/library/x/manifests/1', '/auth/token?scope=repository:library/x:pull']) {
-        const result = await http(`${dead.url}${path}`);
+      const login = { authorization: `Basic ${Buffer.from('alice:wonderland').toString('base64')}` };
+      for (const [path, headers] of [
+        ['/v2/', {}],
+        ['/v2/library/x/manifests/1', {}],
+        ['/auth/token?scope=repository:library/x:pull', login],
+      ] as const) {
+        const result = await http(`${dead.url}${path}`, { headers });
         assert.equal(result.status, 502, path);
         const error = jsonBody<{ errors: Array<{ code: string; message: string }> }>(result).errors[0];
         assert.equal(error?.code, 'DOCXY_UPSTREAM_UNREACHABLE', path);
         assert.match(error?.message ?? '', /docker\.io/);
         assert.match(error?.message ?? '', /127\.0\.0\.1:9/);
       }
+    } finally {
+      await dead.close();
+    }
+  });
+
+  test('an anonymous token request still gets a (docxy) token when the token service is down', async () => {
+    const dead = await startDocxy({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } } });
+    try {
+      const result = await http(`${dead.url}/auth/token?scope=repository:library/x:pull&service=x`);
+      assert.equal(result.status, 200);
+      assert.equal(jsonBody(result).token, 'docxy-anonymous');
     } finally {
       await dead.close();
     }

@@ -17,6 +17,9 @@ export interface ContainersEnv {
   env: NodeJS.ProcessEnv;
   policyPath: string;
   registriesConfPath: string;
+  /** containers-storage graphroot and runroot (vfs driver), for podman. */
+  storageRoot: string;
+  runRoot: string;
   /** Requests that tried to leave 127.0.0.1 through the proxy (should stay empty). */
   outsideAttempts: string[];
   /** `skopeo --policy POLICY ...args`; rejects on a non-zero exit. */
@@ -43,7 +46,12 @@ export async function createContainersEnv(options: ContainersEnvOptions = {}): P
   await writeFile(policyPath, INSECURE_POLICY);
   await writeFile(registriesConfPath, registriesConf(options.mirrors ?? {}));
   await writeFile(authPath, '{"auths":{}}\n');
-  await writeFile(storageConfPath, '');
+  const storageRoot = join(dir, 'storage');
+  const runRoot = join(dir, 'run');
+  await writeFile(
+    storageConfPath,
+    `[storage]\ndriver = "vfs"\ngraphroot = ${JSON.stringify(storageRoot)}\nrunroot = ${JSON.stringify(runRoot)}\n`,
+  );
   await writeFile(containersConfPath, '');
 
   const env: NodeJS.ProcessEnv = {
@@ -73,6 +81,8 @@ export async function createContainersEnv(options: ContainersEnvOptions = {}): P
     env,
     policyPath,
     registriesConfPath,
+    storageRoot,
+    runRoot,
     outsideAttempts: proxy.attempts,
     skopeo: (args, timeoutMs = 60_000) => run('skopeo', skopeoArgs(args), { env, timeoutMs }),
     skopeoAllowFail: (args, timeoutMs = 60_000) => runAllowFail('skopeo', skopeoArgs(args), { env, timeoutMs }),

@@ -9,7 +9,8 @@ import { makeTempDir, removeTempDir, spawnTracked, stopChild, tail } from './pro
 /** The repository root (…/test/e2e/harness/../../..). */
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const NODE_BIN = join(REPO_ROOT, 'node_modules', '.bin', 'node');
-export const DOCXY_BIN = join(REPO_ROOT, 'bin', 'docxy.js');
+/** The CLI under test; DOCXY_E2E_BIN may name another entry point (e.g. a stand-in). */
+export const DOCXY_BIN = process.env.DOCXY_E2E_BIN ?? join(REPO_ROOT, 'bin', 'docxy.js');
 
 export type LogLine = Record<string, unknown>;
 

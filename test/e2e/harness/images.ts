@@ -9,8 +9,8 @@
 import { createHash, createCipheriv } from 'node:crypto';
 import type { Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, writeFile, access } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join, relative as relativePath } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -129,11 +129,28 @@ export async function seedImages(registry: { host: string }, creds: Credentials)
 
 async function buildAll(): Promise<SeededImages> {
   const cache = process.env.DOCXY_E2E_IMAGE_CACHE;
-  const root = cache !== undefined && cache !== '' ? join(cache, RECIPE_VERSION) : await makeTempDir('images');
+  if (cache === undefined || cache === '') return buildInto(await makeTempDir('images'));
+  // Shared between test processes: build privately, then move into place in one rename; a
+  // process that loses the race uses the winner's copy (the bytes are the same).
+  const root = join(cache, RECIPE_VERSION);
   const done = join(root, 'images.json');
-  if (await exists(done)) return JSON.parse(await readFile(done, 'utf8')) as SeededImages;
-  await mkdir(root, { recursive: true });
+  if (!(await exists(done))) {
+    await mkdir(cache, { recursive: true });
+    const staging = await mkdtemp(join(cache, `${RECIPE_VERSION}.partial-`));
+    await buildInto(staging);
+    try {
+      await rename(staging, root);
+    } catch {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+  const images = JSON.parse(await readFile(done, 'utf8')) as SeededImages;
+  for (const image of Object.values(images) as TestImage[]) image.dir = join(root, image.dir);
+  return images;
+}
 
+/** Builds every image into `root`; images.json there records them with `dir` relative to root. */
+async function buildInto(root: string): Promise<SeededImages> {
   const [alpine, big, secret] = await Promise.all([
     buildImage(root, 'library/alpine', '3.20', false, [
       { platform: { os: 'linux', architecture: 'amd64' }, layers: [smallLayer('alpine-amd64', 256 * 1024)] },
@@ -147,8 +164,10 @@ async function buildAll(): Promise<SeededImages> {
     ]),
   ]);
   const images: SeededImages = { alpine, big, secret };
-  await writeFile(`${done}.tmp`, JSON.stringify(images, null, 2));
-  await rename(`${done}.tmp`, done);
+  const relative = Object.fromEntries(
+    Object.entries(images).map(([k, v]: [string, TestImage]) => [k, { ...v, dir: relativePath(root, v.dir) }]),
+  );
+  await writeFile(join(root, 'images.json'), JSON.stringify(relative, null, 2));
   return images;
 }
 

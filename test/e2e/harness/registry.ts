@@ -46,6 +46,8 @@ export interface Registry {
 }
 
 const START_TIMEOUT_MS = 15_000;
+/** What the nginx readiness probe asks for (a 404), left out of cdnLog(). */
+const READY_PATH = '/docxy-e2e-ready';
 const PORT_ATTEMPTS = 5;
 
 export async function startRegistry(options: RegistryOptions): Promise<Registry> {
@@ -73,7 +75,10 @@ export async function startRegistry(options: RegistryOptions): Promise<Registry>
       host: registry.host,
       storageDir,
       accessLog: () => parseCombinedLog(registry.stdout()),
-      cdnLog: async () => (cdn === undefined ? [] : parseCdnLog(await readFile(cdn.logPath, 'utf8').catch(() => ''))),
+      cdnLog: async () =>
+        cdn === undefined
+          ? []
+          : parseCdnLog(await readFile(cdn.logPath, 'utf8').catch(() => '')).filter((e) => e.path !== READY_PATH),
       stderr: registry.stderr,
       stop: cleanup,
     };
@@ -155,9 +160,10 @@ async function startNginx(dir: string, root: string): Promise<{ child: ChildProc
     const temp = (name: string): string => `${name}_temp_path ${join(nginxDir, name)};`;
     const conf = [
       'daemon off;',
-      'master_process on;',
-      'worker_processes 1;',
-      // As root, workers would run as "nobody", who cannot enter the 0700 temp dir.
+      // One process, no workers: killing our child's pid stops all of nginx, even with SIGKILL
+      // (a master killed that way would leave its workers running).
+      'master_process off;',
+      // As root, nginx would serve as "nobody", who cannot enter the 0700 temp dir.
       process.getuid?.() === 0 ? 'user root root;' : '',
       `pid ${join(nginxDir, 'nginx.pid')};`,
       `error_log ${errorLog} warn;`,
@@ -183,7 +189,7 @@ async function startNginx(dir: string, root: string): Promise<{ child: ChildProc
     const started = collect(child);
     const errors = (): string => started.stderr() + readErrorLogSync(errorLog);
     try {
-      await waitForStatus(`http://127.0.0.1:${port}/docxy-e2e-ready`, 404, START_TIMEOUT_MS, () => exitReason(child, errors));
+      await waitForStatus(`http://127.0.0.1:${port}${READY_PATH}`, 404, START_TIMEOUT_MS, () => exitReason(child, errors));
       return { child, url: `http://127.0.0.1:${port}`, logPath };
     } catch (err) {
       await stopChild(child, 'SIGKILL');

@@ -1,0 +1,97 @@
+import { createHash } from 'node:crypto';
+import type { UpstreamClient } from './upstream-client.ts';
+import { UpstreamError } from './upstream-error.ts';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+interface CachedToken {
+  authorization: string;
+  /** When docxy stops using it: shortly before the token service said it expires. */
+  usableUntil: number;
+}
+
+/** Docker's token spec: a token without expires_in lasts 60 s. */
+const DEFAULT_LIFETIME_S = 60;
+const MAX_ENTRIES = 10_000;
+
+/**
+ * The Authorization docxy itself sends upstream (server-side credentials, or anonymous) for a
+ * scope: bearer tokens fetched from the upstream's discovered token service and cached per
+ * (credentials, scope) until shortly before they expire, one fetch at a time per key.
+ */
+export class TokenCache {
+  private readonly client: UpstreamClient;
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly inFlight = new Map<string, Promise<string | undefined>>();
+  /** Token-service requests made, for tests and metrics. */
+  fetches = 0;
+
+  constructor(client: UpstreamClient) {
+    this.client = client;
+  }
+
+  /** The header value to send for `scope`, or undefined when the upstream wants none. */
+  async authorization(scope: string, credentials: Credentials | undefined): Promise<string | undefined> {
+    const scheme = await this.client.getAuthScheme();
+    if (scheme.kind === 'none') return undefined;
+    if (scheme.kind === 'basic') return credentials ? basicAuthorization(credentials) : undefined;
+    const key = cacheKey(scope, credentials);
+    const cached = this.tokens.get(key);
+    if (cached && cached.usableUntil > Date.now()) return cached.authorization;
+    let pending = this.inFlight.get(key);
+    if (!pending) {
+      pending = this.fetch(scheme.realm, scheme.service, scope, credentials, key).finally(() => this.inFlight.delete(key));
+      this.inFlight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /** Forgets a token the upstream refused (a 401), so the next call fetches a new one. */
+  invalidate(scope: string, credentials: Credentials | undefined): void {
+    this.tokens.delete(cacheKey(scope, credentials));
+  }
+
+  private async fetch(realm: URL, service: string | undefined, scope: string, credentials: Credentials | undefined, key: string): Promise<string> {
+    const url = new URL(realm);
+    if (service) url.searchParams.set('service', service);
+    url.searchParams.set('scope', scope);
+    this.fetches++;
+    const started = Date.now();
+    const response = await this.client.request({
+      method: 'GET',
+      target: url,
+      headers: credentials ? { authorization: basicAuthorization(credentials) } : {},
+    });
+    const text = await response.body.text();
+    if (response.status !== 200) {
+      const who = credentials ? `the configured credentials of user ${credentials.username}` : 'an anonymous token request';
+      throw new UpstreamError('auth', this.client.name, `upstream ${this.client.name}'s token service (${url.host}) refused ${who}: HTTP ${response.status}`);
+    }
+    let body: { token?: string; access_token?: string; expires_in?: number };
+    try {
+      body = JSON.parse(text) as typeof body;
+    } catch {
+      throw new UpstreamError('protocol', this.client.name, `upstream ${this.client.name}'s token service answered with invalid JSON`);
+    }
+    const token = body.token ?? body.access_token;
+    if (!token) throw new UpstreamError('protocol', this.client.name, `upstream ${this.client.name}'s token service answered without a token`);
+    const lifetimeMs = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_LIFETIME_S) * 1000;
+    const margin = Math.min(30_000, lifetimeMs / 5);
+    const authorization = `Bearer ${token}`;
+    if (this.tokens.size >= MAX_ENTRIES) this.tokens.delete(this.tokens.keys().next().value!);
+    this.tokens.set(key, { authorization, usableUntil: started + lifetimeMs - margin });
+    return authorization;
+  }
+}
+
+export function basicAuthorization(credentials: Credentials): string {
+  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+}
+
+function cacheKey(scope: string, credentials: Credentials | undefined): string {
+  const who = credentials ? createHash('sha256').update(`${credentials.username}\0${credentials.password}`).digest('hex').slice(0, 32) : 'anonymous';
+  return `${who} ${scope}`;
+}
