@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { createApp } from './app.ts';
+import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
 import { ConfigError, loadConfig, type Config } from './config/load.ts';
 import { VERSION } from './version.ts';
 
@@ -59,6 +60,29 @@ export function buildCli(): Command {
     .action((options: { config?: string }) => {
       const resolved = configOrExit(options.config);
       process.stdout.write(`${JSON.stringify(describeConfig(resolved), null, 2)}\n`);
+    });
+
+  program
+    .command('client-config')
+    .description('print the snippet that points a client (docker, containerd, podman, kubernetes) at this docxy')
+    .requiredOption('--for <client>', `one of: ${CLIENT_KINDS.join(', ')}`)
+    .option('--registry <name>', 'only this upstream registry (default: every configured one)')
+    .option('-c, --config <file>', 'YAML config file (its publicUrl is what clients use)')
+    .version(VERSION, '-V, --version')
+    .action((options: { for: string; registry?: string; config?: string }) => {
+      const kind = options.for as ClientKind;
+      if (!CLIENT_KINDS.includes(kind)) {
+        process.stderr.write(`docxy: --for must be one of ${CLIENT_KINDS.join(', ')}, got "${options.for}"\n`);
+        process.exit(2);
+      }
+      const resolved = configOrExit(options.config);
+      try {
+        const snippets = clientConfig(resolved, kind, options.registry !== undefined ? { registry: options.registry } : {});
+        process.stdout.write(renderSnippets(snippets));
+      } catch (error) {
+        process.stderr.write(`docxy: ${(error as Error).message}\n`);
+        process.exit(2);
+      }
     });
 
   return program;

@@ -42,6 +42,12 @@ export function createRouteResolver(config: Pick<Config, 'upstreams' | 'defaultU
     for (const alias of upstream.aliases) if (!byName.has(alias.toLowerCase())) byName.set(alias.toLowerCase(), upstream);
     for (const host of upstream.hosts) byHost.set(host, upstream);
   }
+  // An upstream is also known by its URL's host (`registry.corp.example` for an upstream named
+  // `corp`), which is what containerd puts in `?ns=` and what image references start with.
+  for (const upstream of config.upstreams.values()) {
+    const host = registryHost(upstream).toLowerCase();
+    if (!byName.has(host)) byName.set(host, upstream);
+  }
   const defaultUpstream = config.upstreams.get(config.defaultUpstream);
   if (!defaultUpstream) throw new Error(`default upstream ${config.defaultUpstream} is not configured`);
 
@@ -81,4 +87,12 @@ function stripPort(host: string): string {
   if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1);
   const colon = host.lastIndexOf(':');
   return colon > 0 ? host.slice(0, colon) : host;
+}
+
+/**
+ * The registry host clients write in image references for an upstream: its name when that is a
+ * host name (`ghcr.io`), else the host of its URL (`registry.corp.example` for `corp`).
+ */
+export function registryHost(upstream: UpstreamConfig): string {
+  return upstream.name.includes('.') || upstream.name.includes(':') ? upstream.name : upstream.url.host;
 }
