@@ -14,7 +14,7 @@ export interface RunningDocxy {
 }
 
 /** Starts docxy in-process on 127.0.0.1:0 with the given config (defaults filled in), capturing its logs. */
-export async function startDocxy(config: Record<string, unknown>): Promise<RunningDocxy> {
+export async function startDocxy(config: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Promise<RunningDocxy> {
   const lines: string[] = [];
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
@@ -26,7 +26,7 @@ export async function startDocxy(config: Record<string, unknown>): Promise<Runni
       callback();
     },
   });
-  const app = createApp(resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', ...config }), {
+  const app = createApp(resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', ...config }, env), {
     logger: createLogger('debug', sink),
   });
   const url = await app.listen();
