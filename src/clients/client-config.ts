@@ -61,6 +61,11 @@ function selectUpstreams(config: Config, registry: string | undefined): Upstream
   return [upstream];
 }
 
+/** The path prefix that selects an upstream: its name, which (unlike `host:port`) is a valid path component. */
+function pathPrefix(upstream: UpstreamConfig): string {
+  return upstream.name.toLowerCase();
+}
+
 /** The address clients write without a scheme (registries.conf, docker pull references). */
 function hostPart(url: URL): string {
   return url.host;
@@ -76,7 +81,7 @@ function dockerSnippets(config: Config, url: URL, upstreams: UpstreamConfig[]): 
   const others = upstreams.filter((u) => u.name !== config.defaultUpstream);
   if (others.length > 0) {
     const lines = others.map(
-      (u) => `docker pull ${hostPart(url)}/${registryHost(u)}/IMAGE:TAG    # ${registryHost(u)}/IMAGE:TAG${u.hosts[0] ? `; or ${u.hosts[0]}/IMAGE:TAG` : ''}`,
+      (u) => `docker pull ${hostPart(url)}/${pathPrefix(u)}/IMAGE:TAG    # ${registryHost(u)}/IMAGE:TAG${u.hosts[0] ? `; or ${u.hosts[0]}/IMAGE:TAG` : ''}`,
     );
     snippets.push({
       title: 'Docker: registry-mirrors only covers docker.io; pull other registries through the path prefix',
@@ -100,7 +105,7 @@ function registriesConf(config: Config, url: URL, upstreams: UpstreamConfig[]): 
   const blocks = upstreams.map((u) => {
     // docker.io (the default upstream) is mirrored at the root; others through their path prefix.
     const host = registryHost(u);
-    const location = u.name === config.defaultUpstream ? hostPart(url) : `${hostPart(url)}/${host}`;
+    const location = u.name === config.defaultUpstream ? hostPart(url) : `${hostPart(url)}/${pathPrefix(u)}`;
     return [
       '[[registry]]',
       `prefix = "${host}"`,

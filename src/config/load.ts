@@ -87,56 +87,40 @@ export function loadConfig(options: LoadOptions = {}): Config {
 export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?: string): Config {
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
-    const problems = result.error.issues.map((issue) => ({
+    // Report everything at once: the schema's problems and the cross-field ones it could not see.
+    const problems: ConfigProblem[] = result.error.issues.map((issue) => ({
       path: issue.path.map(String).join('.'),
       message: issue.message,
     }));
+    for (const problem of crossFieldProblems(raw)) {
+      if (!problems.some((p) => p.path === problem.path)) problems.push(problem);
+    }
     throw new ConfigError(problems, source);
   }
   const parsed = result.data;
-  const problems: ConfigProblem[] = [];
+  const problems: ConfigProblem[] = crossFieldProblems(parsed);
 
   const upstreams = new Map<string, UpstreamConfig>();
   for (const [name, entry] of Object.entries(parsed.upstreams)) {
     const path = `upstreams.${name}`;
     const preset = UPSTREAM_PRESETS[name];
     const urlText = entry.url ?? preset?.url;
-    if (!urlText) {
-      problems.push({
-        path: `${path}.url`,
-        message: `required: "${name}" is not a built-in registry (${Object.keys(UPSTREAM_PRESETS).join(', ')})`,
-      });
-      continue;
-    }
-    if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]*$/.test(name)) {
-      problems.push({ path, message: `an upstream name must be a host-like name ([a-zA-Z0-9._-]), got ${JSON.stringify(name)}` });
-    }
+    if (!urlText) continue; // reported by crossFieldProblems
     const credentials = resolveCredentials(entry, env, path, problems);
     upstreams.set(name, {
       name,
       url: new URL(urlText.replace(/\/+$/, '')),
       libraryPrefix: entry.libraryPrefix ?? preset?.libraryPrefix ?? false,
       aliases: entry.aliases ?? [],
-      hosts: entry.hosts.map((h) => h.toLowerCase()),
+      hosts: entry.hosts.map(normalizeHost),
       ...(credentials ? { credentials } : {}),
-      timeouts: { ...parsed.timeouts, ...entry.timeouts },
+      timeouts: { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) },
     });
   }
   checkUniqueNames(upstreams, problems);
 
-  if (!parsed.upstreams[parsed.defaultUpstream]) {
-    problems.push({
-      path: 'defaultUpstream',
-      message: `"${parsed.defaultUpstream}" is not one of the configured upstreams (${Object.keys(parsed.upstreams).join(', ')})`,
-    });
-  }
-
   const trustedProxies = new BlockList();
-  parsed.trustedProxies.forEach((entry, index) => {
-    if (!addToBlockList(trustedProxies, entry)) {
-      problems.push({ path: `trustedProxies.${index}`, message: `expected an IP address or CIDR, got ${JSON.stringify(entry)}` });
-    }
-  });
+  for (const entry of parsed.trustedProxies) addToBlockList(trustedProxies, entry);
 
   const tls = parsed.tls ? loadTls(parsed.tls.cert, parsed.tls.key, problems) : undefined;
   if (parsed.httpRedirect && !parsed.publicUrl) {
@@ -156,6 +140,59 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     defaultUpstream: parsed.defaultUpstream,
     upstreams,
   };
+}
+
+/**
+ * Checks that need more than one field, written against the raw input so that they run (and
+ * are reported) even when the schema found other problems.
+ */
+function crossFieldProblems(raw: unknown): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const input = isRecord(raw) ? raw : {};
+  const upstreams = isRecord(input.upstreams) ? input.upstreams : input.upstreams === undefined ? { 'docker.io': {} } : {};
+  for (const [name, entry] of Object.entries(upstreams)) {
+    const path = `upstreams.${name}`;
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]*$/.test(name)) {
+      problems.push({ path, message: `an upstream name must be a host-like name ([a-zA-Z0-9._-]), got ${JSON.stringify(name)}` });
+    }
+    if (isRecord(entry) && entry.url === undefined && !UPSTREAM_PRESETS[name]) {
+      problems.push({
+        path: `${path}.url`,
+        message: `required: "${name}" is not a built-in registry (${Object.keys(UPSTREAM_PRESETS).join(', ')})`,
+      });
+    }
+  }
+  const defaultUpstream = typeof input.defaultUpstream === 'string' ? input.defaultUpstream : 'docker.io';
+  if (!Object.hasOwn(upstreams, defaultUpstream)) {
+    problems.push({
+      path: 'defaultUpstream',
+      message: `"${defaultUpstream}" is not one of the configured upstreams (${Object.keys(upstreams).join(', ') || 'none'})`,
+    });
+  }
+  if (Array.isArray(input.trustedProxies)) {
+    input.trustedProxies.forEach((entry: unknown, index: number) => {
+      if (typeof entry === 'string' && !addToBlockList(new BlockList(), entry)) {
+        problems.push({ path: `trustedProxies.${index}`, message: `expected an IP address or CIDR, got ${JSON.stringify(entry)}` });
+      }
+    });
+  }
+  return problems;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function definedOnly<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** Host names match case-insensitively and whatever port the client put in its Host header. */
+function normalizeHost(host: string): string {
+  const lower = host.toLowerCase();
+  if (lower.startsWith('[')) return lower.slice(0, lower.indexOf(']') + 1);
+  const colon = lower.lastIndexOf(':');
+  return colon > 0 && lower.indexOf(':') === colon ? lower.slice(0, colon) : lower;
 }
 
 /** Environment variables override the file (Docxy's DOCXY_CERT_PATH/DOCXY_KEY_PATH included). */
@@ -241,16 +278,18 @@ function checkUniqueNames(upstreams: Map<string, UpstreamConfig>, problems: Conf
 }
 
 function addToBlockList(list: BlockList, entry: string): boolean {
-  const [address, prefixText] = entry.split('/');
+  const parts = entry.split('/');
+  const [address, prefixText] = parts;
   const family = address ? isIP(address) : 0;
-  if (family === 0) return false;
+  if (family === 0 || parts.length > 2) return false;
   const type = family === 6 ? 'ipv6' : 'ipv4';
   if (prefixText === undefined) {
     list.addAddress(address!, type);
     return true;
   }
+  if (!/^\d{1,3}$/.test(prefixText)) return false;
   const prefix = Number(prefixText);
-  if (!Number.isInteger(prefix) || prefix < 0 || prefix > (family === 6 ? 128 : 32)) return false;
+  if (prefix > (family === 6 ? 128 : 32)) return false;
   list.addSubnet(address!, prefix, type);
   return true;
 }
@@ -259,14 +298,16 @@ function loadTls(certPath: string, keyPath: string, problems: ConfigProblem[]): 
   let cert: Buffer | undefined;
   let key: Buffer | undefined;
   try {
-    cert = readFileSync(certPath);
-    new X509Certificate(cert);
+    const data = readFileSync(certPath);
+    new X509Certificate(data);
+    cert = data;
   } catch (error) {
     problems.push({ path: 'tls.cert', message: `cannot load PEM certificate ${certPath}: ${(error as Error).message}` });
   }
   try {
-    key = readFileSync(keyPath);
-    createPrivateKey(key);
+    const data = readFileSync(keyPath);
+    createPrivateKey(data);
+    key = data;
   } catch (error) {
     problems.push({
       path: 'tls.key',
@@ -274,5 +315,14 @@ function loadTls(certPath: string, keyPath: string, problems: ConfigProblem[]): 
     });
   }
   if (!cert || !key) return undefined;
+  try {
+    if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+      problems.push({ path: 'tls.key', message: `the private key ${keyPath} does not belong to the certificate ${certPath}` });
+      return undefined;
+    }
+  } catch (error) {
+    problems.push({ path: 'tls.key', message: `the private key ${keyPath} does not fit the certificate ${certPath}: ${(error as Error).message}` });
+    return undefined;
+  }
   return { certPath, keyPath, cert, key };
 }

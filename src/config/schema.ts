@@ -14,8 +14,14 @@ const httpUrl = z.string().refine(
       return false;
     }
   },
-  { error: (issue) => `expected an http:// or https:// URL without credentials or query, got ${JSON.stringify(issue.input)}` },
+  { error: (issue) => `expected an http:// or https:// URL without credentials or query, got ${JSON.stringify(maskUserinfo(issue.input))}` },
 );
+
+/** A URL's password must not reach an error message (stderr, CI logs). */
+function maskUserinfo(input: unknown): unknown {
+  if (typeof input !== 'string') return input;
+  return input.replace(/^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)[^/@]*@/, '$1***@');
+}
 
 const duration = z.number().int().positive();
 
@@ -41,7 +47,10 @@ const upstream = z.strictObject({
   /** Extra path-prefix names for this upstream (`/v2/<alias>/repo/...`). */
   aliases: z.array(z.string().min(1)).optional(),
   libraryPrefix: z.boolean().optional(),
-  timeouts: timeouts.partial().optional(),
+  /** Overrides of the global timeouts for this upstream; unset fields keep the global value. */
+  timeouts: z
+    .strictObject({ connectMs: duration.optional(), headersMs: duration.optional(), bodyIdleMs: duration.optional() })
+    .optional(),
 });
 
 export const configSchema = z.strictObject({

@@ -50,6 +50,12 @@ export interface StorageWriter {
   readonly stream: Writable;
   /** Bytes written so far. */
   readonly written: number;
+  /**
+   * The local file the bytes land in before commit, when the driver writes to one (the
+   * filesystem driver does). Followers of an in-flight cache fill read it while it grows;
+   * a driver without one gets a local spool file instead.
+   */
+  readonly localPath?: string;
   /** Makes the content visible under the key, atomically (rename). */
   commit(): Promise<void>;
   /** Discards the content; the key is left as it was. Safe to call more than once. */

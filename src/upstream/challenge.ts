@@ -85,7 +85,7 @@ export interface Scope {
 export function parseScope(scope: string): Scope | undefined {
   const first = scope.indexOf(':');
   const last = scope.lastIndexOf(':');
-  if (first <= 0 || last <= first) return undefined;
+  if (first <= 0 || last <= first + 1) return undefined;
   return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions: scope.slice(last + 1) };
 }
 
