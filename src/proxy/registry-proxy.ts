@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
 import type { HeaderValues, UpstreamClient, UpstreamResponse } from '../upstream/upstream-client.ts';
-import { isDocxyToken } from './client-token.ts';
+import { fetchUpstream } from './upstream-fetch.ts';
 import type { Target } from './route-resolver.ts';
 
 export interface RegistryRequest {
@@ -39,33 +39,8 @@ export type UpstreamLookup = (name: string) => UpstreamClient;
  */
 export function createPassThroughProxy(upstreamFor: UpstreamLookup): RegistryProxy {
   const forward = async (request: RegistryRequest, path: string): Promise<ProxyResponse> => {
-    const { upstream, repository } = request.target;
-    const client = upstreamFor(upstream.name);
-    const { authorization: clientAuthorization, ...headers } = request.headers;
-    const send = async (authorization: string | string[] | undefined) => {
-      const response = await client.request({
-        method: request.method,
-        target: path,
-        headers: authorization === undefined ? headers : { ...headers, authorization },
-        signal: request.signal,
-        followRedirects: true,
-      });
-      client.learnAuthScheme(response);
-      return response;
-    };
-    // The client's own login (or the upstream token it got through docxy) goes through as is.
-    const docxyToken = isDocxyToken(clientAuthorization);
-    if (!docxyToken && (clientAuthorization !== undefined || upstream.credentials === undefined)) {
-      return toProxyResponse(request, await send(clientAuthorization));
-    }
-    // Otherwise docxy authenticates by itself: server-side credentials, else anonymously.
-    const scope = `repository:${repository}:pull`;
-    let response = await send(await client.tokens.authorization(scope, upstream.credentials));
-    if (response.status === 401) {
-      await response.body.dump();
-      client.tokens.invalidate(scope, upstream.credentials);
-      response = await send(await client.tokens.authorization(scope, upstream.credentials));
-    }
+    const client = upstreamFor(request.target.upstream.name);
+    const { response } = await fetchUpstream(client, { ...request, path });
     return toProxyResponse(request, response);
   };
   const repo = (request: RegistryRequest) => `/v2/${request.target.repository}`;

@@ -1,0 +1,67 @@
+import type { HeaderValues, UpstreamClient, UpstreamResponse } from '../upstream/upstream-client.ts';
+import { isDocxyToken } from './client-token.ts';
+import type { Target } from './route-resolver.ts';
+
+export interface UpstreamFetch {
+  target: Target;
+  method: 'GET' | 'HEAD';
+  /** Path below the upstream's base URL, e.g. `/v2/library/nginx/manifests/1`. */
+  path: string;
+  /** The client's forwardable headers (its Authorization decides who docxy acts as). */
+  headers: HeaderValues;
+  signal?: AbortSignal;
+}
+
+export interface UpstreamFetchResult {
+  response: UpstreamResponse;
+  /**
+   * True when docxy authenticated as itself (server-side credentials, or anonymously): what it
+   * got, every user of this mirror may read. False when the client's own login was used.
+   */
+  asDocxy: boolean;
+}
+
+/**
+ * Sends a registry request upstream as the right identity. A client's own Authorization (its
+ * `docker login`, or the upstream token it got through docxy) goes through untouched. A client
+ * with none, or with docxy's anonymous token, is served with docxy's own authorization: the
+ * operator's server-side credentials, or an anonymous token; those tokens are cached, and a 401
+ * drops the cached one and retries once. Redirects (CDNs) are followed inside docxy.
+ */
+export async function fetchUpstream(client: UpstreamClient, fetch: UpstreamFetch): Promise<UpstreamFetchResult> {
+  const { upstream, repository } = fetch.target;
+  const { authorization: clientAuthorization, ...headers } = fetch.headers;
+  const send = async (authorization: string | string[] | undefined) => {
+    const response = await client.request({
+      method: fetch.method,
+      target: fetch.path,
+      headers: authorization === undefined ? headers : { ...headers, authorization },
+      ...(fetch.signal ? { signal: fetch.signal } : {}),
+      followRedirects: true,
+    });
+    client.learnAuthScheme(response);
+    return response;
+  };
+  const docxyToken = isDocxyToken(clientAuthorization);
+  if (!docxyToken && clientAuthorization !== undefined) {
+    return { response: await send(clientAuthorization), asDocxy: false };
+  }
+  if (!docxyToken && upstream.credentials === undefined) {
+    // No credentials anywhere: the request goes as the client sent it, and a 401 challenge
+    // comes back so that the client can log in.
+    return { response: await send(undefined), asDocxy: true };
+  }
+  const scope = `repository:${repository}:pull`;
+  let response = await send(await client.tokens.authorization(scope, upstream.credentials));
+  if (response.status === 401) {
+    await response.body.dump();
+    client.tokens.invalidate(scope, upstream.credentials);
+    response = await send(await client.tokens.authorization(scope, upstream.credentials));
+  }
+  return { response, asDocxy: true };
+}
+
+/** Whether a request is served as docxy itself (no client login of its own). */
+export function actsAsDocxy(headers: HeaderValues): boolean {
+  return headers.authorization === undefined || isDocxyToken(headers.authorization);
+}
