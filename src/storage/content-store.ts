@@ -204,7 +204,7 @@ export class VerifiedWriter {
    * otherwise discards it and rejects (with DigestMismatchError on a mismatch).
    */
   commit(): Promise<void> {
-    if (this.#state === 'aborted') return Promise.reject(new Error('verified write was aborted'));
+    if (!this.#committing && this.#state === 'aborted') return Promise.reject(new Error('verified write was aborted'));
     this.#committing ??= this.#commit();
     return this.#committing;
   }
@@ -221,16 +221,17 @@ export class VerifiedWriter {
       if (this.#sidecar) await this.#driver.writeAll(this.#sidecar.key, this.#sidecar.data);
       await this.#inner.commit();
     } catch (error) {
-      this.#state = 'open';
-      await this.abort();
+      this.#aborting ??= this.#abort();
+      await this.#aborting;
       throw error;
     }
     this.#state = 'committed';
   }
 
-  /** Discards the content; safe to call more than once; a no-op once committed. */
+  /** Discards the content; safe to call more than once; after commit() it only waits for it. */
   abort(): Promise<void> {
-    if (this.#state === 'committed' || this.#state === 'committing') return Promise.resolve();
+    // Once a commit started, its outcome stands: wait for it (a failed commit aborted already).
+    if (this.#committing) return this.#committing.then(noop, noop);
     this.#aborting ??= this.#abort();
     return this.#aborting;
   }
@@ -281,3 +282,5 @@ function requireDigest(digest: string): Digest {
   if (!parsed) throw new Error(`invalid digest: ${JSON.stringify(digest)}`);
   return parsed;
 }
+
+function noop(): void {}

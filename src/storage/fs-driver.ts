@@ -81,7 +81,7 @@ export class FsDriver implements StorageDriver {
     try {
       return await readFile(path);
     } catch (error) {
-      if (isMissing(error)) return undefined;
+      if (isMissing(error) || code(error) === 'EISDIR') return undefined;
       throw error;
     }
   }
@@ -193,6 +193,12 @@ type WriterState = 'open' | 'committing' | 'committed' | 'aborted';
 
 class FsWriter implements StorageWriter {
   readonly stream: WriteStream;
+  /**
+   * The temp file receiving the bytes, for readers that follow a write in progress. A descriptor
+   * opened on it stays valid after commit (rename) and abort (unlink). Not (yet) in the
+   * StorageWriter interface: a driver without local files (S3) has none.
+   */
+  readonly localPath: string;
   readonly #handle: FileHandle;
   readonly #tmp: string;
   readonly #target: string;
@@ -204,6 +210,7 @@ class FsWriter implements StorageWriter {
   constructor(handle: FileHandle, tmp: string, target: string, release: () => void) {
     this.#handle = handle;
     this.#tmp = tmp;
+    this.localPath = tmp;
     this.#target = target;
     this.#release = release;
     // autoClose: false keeps the descriptor open after 'finish' so commit() can fsync it.
@@ -214,12 +221,13 @@ class FsWriter implements StorageWriter {
     });
   }
 
+  /** Bytes that reached the file (those still buffered in `stream` do not count yet). */
   get written(): number {
     return this.stream.bytesWritten;
   }
 
   commit(): Promise<void> {
-    if (this.#state === 'aborted') return Promise.reject(new Error('storage write was aborted'));
+    if (!this.#committing && this.#state === 'aborted') return Promise.reject(new Error('storage write was aborted'));
     this.#committing ??= this.#commit();
     return this.#committing;
   }
@@ -230,13 +238,15 @@ class FsWriter implements StorageWriter {
       if (!this.stream.writableEnded) this.stream.end();
       await finished(this.stream);
       await this.#handle.sync();
+      // The stream holds a reference on the handle: the handle closes once the stream lets go.
+      this.stream.destroy();
       await this.#handle.close();
       const dir = dirname(this.#target);
       await mkdir(dir, { recursive: true });
       await rename(this.#tmp, this.#target);
     } catch (error) {
-      this.#state = 'open';
-      await this.abort();
+      this.#aborting ??= this.#abort();
+      await this.#aborting;
       throw error;
     }
     this.#state = 'committed';
@@ -245,15 +255,16 @@ class FsWriter implements StorageWriter {
   }
 
   abort(): Promise<void> {
-    if (this.#state === 'committed' || this.#state === 'committing') return Promise.resolve();
+    // Once a commit started, its outcome stands: wait for it (a failed commit aborted already).
+    if (this.#committing) return this.#committing.then(noop, noop);
     this.#aborting ??= this.#abort();
     return this.#aborting;
   }
 
   async #abort(): Promise<void> {
     this.#state = 'aborted';
+    // As in commit(): the handle closes once the stream (which may be mid-write) lets go.
     this.stream.destroy();
-    // Closing a handle the stream already closed is a no-op.
     await this.#handle.close().catch(() => {});
     try {
       await unlink(this.#tmp);
@@ -306,3 +317,5 @@ function code(error: unknown): string | undefined {
 function isMissing(error: unknown): boolean {
   return code(error) === 'ENOENT' || code(error) === 'ENOTDIR';
 }
+
+function noop(): void {}

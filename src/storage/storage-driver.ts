@@ -27,7 +27,7 @@ export interface StorageDriver {
   writeAll(key: string, data: Buffer | string): Promise<void>;
   /** Removes a key; no error when it does not exist. */
   delete(key: string): Promise<void>;
-  /** Every committed key under a prefix (`''` for all), in no particular order. */
+  /** Every committed key starting with a plain string prefix (`''` for all), in no particular order. */
   list(prefix: string): AsyncIterable<StorageEntry>;
   /** Marks a key as recently used (for least-recently-used eviction). */
   touch(key: string): Promise<void>;
@@ -48,7 +48,7 @@ export interface StorageEntry extends StorageStat {
 export interface StorageWriter {
   /** Where the bytes go; honours backpressure. End it before commit(). */
   readonly stream: Writable;
-  /** Bytes written so far. */
+  /** Bytes that have reached the destination (for a file: are readable from `localPath`). */
   readonly written: number;
   /**
    * The local file the bytes land in before commit, when the driver writes to one (the
@@ -58,7 +58,7 @@ export interface StorageWriter {
   readonly localPath?: string;
   /** Makes the content visible under the key, atomically (rename). */
   commit(): Promise<void>;
-  /** Discards the content; the key is left as it was. Safe to call more than once. */
+  /** Discards the content; the key is left as it was. Safe to call more than once; after commit() it only waits for the commit. */
   abort(): Promise<void>;
 }
 

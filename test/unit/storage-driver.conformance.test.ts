@@ -1,0 +1,512 @@
+// The contract of src/storage/storage-driver.ts, checked against every driver: one suite,
+// one `runDriverConformance(...)` call per driver (an S3 driver is one more call at the bottom).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { createFsDriver, TMP_DIR } from '../../src/storage/fs-driver.ts';
+import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageWriter } from '../../src/storage/storage-driver.ts';
+
+const MiB = 1024 * 1024;
+
+interface DriverFixture {
+  driver: StorageDriver;
+  /** Another instance on the same storage, as after a restart. */
+  reopen: () => StorageDriver;
+  cleanup: () => Promise<void>;
+}
+
+interface ConformanceOptions {
+  /** Time between two writes for their modifiedAt to differ (the backend's clock resolution). */
+  mtimeResolutionMs?: number;
+}
+
+function runDriverConformance(name: string, makeDriver: () => Promise<DriverFixture>, options: ConformanceOptions = {}): void {
+  const mtimeResolutionMs = options.mtimeResolutionMs ?? 20;
+
+  describe(`StorageDriver conformance: ${name}`, () => {
+    let fixture: DriverFixture;
+    let driver: StorageDriver;
+    beforeEach(async () => {
+      fixture = await makeDriver();
+      driver = fixture.driver;
+    });
+    afterEach(async () => {
+      await fixture.cleanup();
+    });
+
+    test('a committed write is visible to stat, read and readAll, with all of its bytes', async () => {
+      const writer = await driver.createWriter('blobs/sha256/ab/abc');
+      writer.stream.write(Buffer.from('hello, '));
+      writer.stream.end(Buffer.from('world'));
+      await writer.commit();
+      assert.equal(writer.written, 12);
+
+      const stats = await driver.stat('blobs/sha256/ab/abc');
+      assert.equal(stats?.size, 12);
+      assert.ok(stats.modifiedAt instanceof Date);
+      assert.ok(Math.abs(stats.modifiedAt.getTime() - Date.now()) < 60_000);
+      assert.equal((await collect(await driver.read('blobs/sha256/ab/abc'))).toString(), 'hello, world');
+      assert.equal((await driver.readAll('blobs/sha256/ab/abc'))?.toString(), 'hello, world');
+    });
+
+    test('commit() ends the stream when the caller did not', async () => {
+      const writer = await driver.createWriter('k');
+      writer.stream.write('abc');
+      await writer.commit();
+      assert.equal((await driver.readAll('k'))?.toString(), 'abc');
+    });
+
+    test('a write through pipeline() commits', async () => {
+      const writer = await driver.createWriter('piped');
+      await pipeline(Readable.from(chunks(8, 64 * 1024)), writer.stream);
+      await writer.commit();
+      assert.equal((await driver.stat('piped'))?.size, 8 * 64 * 1024);
+    });
+
+    test('empty content is a key like any other', async () => {
+      await driver.writeAll('empty', '');
+      assert.equal((await driver.stat('empty'))?.size, 0);
+      assert.deepEqual(await driver.readAll('empty'), Buffer.alloc(0));
+      assert.equal((await collect(await driver.read('empty'))).length, 0);
+    });
+
+    test('writeAll stores strings and buffers and replaces the previous value', async () => {
+      await driver.writeAll('meta/a.json', '{"a":1}');
+      assert.equal((await driver.readAll('meta/a.json'))?.toString(), '{"a":1}');
+      await driver.writeAll('meta/a.json', Buffer.from('{"a":2}'));
+      assert.equal((await driver.readAll('meta/a.json'))?.toString(), '{"a":2}');
+    });
+
+    test('nothing is visible under the key before commit()', async () => {
+      const writer = await driver.createWriter('pending/key');
+      await new Promise<void>((done) => writer.stream.end(Buffer.alloc(100_000, 1), done));
+      assert.equal(await driver.stat('pending/key'), undefined);
+      assert.equal(await driver.readAll('pending/key'), undefined);
+      await assert.rejects(driver.read('pending/key'), StorageNotFoundError);
+      assert.deepEqual(await keys(driver, ''), []);
+
+      await writer.commit();
+      assert.equal((await driver.stat('pending/key'))?.size, 100_000);
+      assert.deepEqual(await keys(driver, ''), ['pending/key']);
+    });
+
+    test('abort() leaves nothing behind, keeps the previous content, and can be called twice', async () => {
+      const fresh = await driver.createWriter('fresh');
+      fresh.stream.write(Buffer.alloc(10_000, 1));
+      await fresh.abort();
+      await fresh.abort();
+      assert.equal(await driver.stat('fresh'), undefined);
+
+      await driver.writeAll('existing', 'old');
+      const replacement = await driver.createWriter('existing');
+      replacement.stream.end('new content');
+      await replacement.abort();
+      assert.equal((await driver.readAll('existing'))?.toString(), 'old');
+      await assert.rejects(replacement.commit());
+      assert.equal((await driver.readAll('existing'))?.toString(), 'old');
+      assert.deepEqual(await keys(driver, ''), ['existing']);
+    });
+
+    test('abort() once commit() started keeps the committed content', async () => {
+      const writer = await driver.createWriter('kept');
+      writer.stream.end('committed');
+      const committing = writer.commit();
+      await writer.abort();
+      await committing;
+      assert.equal((await driver.readAll('kept'))?.toString(), 'committed');
+    });
+
+    test('a write whose source fails cannot be committed and leaves nothing', async () => {
+      const writer = await driver.createWriter('failed');
+      async function* failing(): AsyncGenerator<Buffer> {
+        yield Buffer.alloc(64 * 1024, 1);
+        throw new Error('upstream went away');
+      }
+      await assert.rejects(pipeline(Readable.from(failing()), writer.stream), /upstream went away/);
+      await assert.rejects(writer.commit());
+      await writer.abort();
+      assert.equal(await driver.stat('failed'), undefined);
+      assert.deepEqual(await keys(driver, ''), []);
+    });
+
+    test('range reads: start only, start and end (inclusive), first and last byte', async () => {
+      const data = Buffer.from(Array.from({ length: 1000 }, (_, i) => i % 251));
+      await driver.writeAll('ranged', data);
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 10 })), data.subarray(10));
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 10, end: 19 })), data.subarray(10, 20));
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 0, end: 0 })), data.subarray(0, 1));
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 999, end: 999 })), data.subarray(999));
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 999 })), data.subarray(999));
+      assert.deepEqual(await collect(await driver.read('ranged', { start: 0 })), data);
+    });
+
+    test('a missing key: read rejects with StorageNotFoundError, readAll and stat give undefined', async () => {
+      await assert.rejects(driver.read('no/such/key'), (error: unknown) => {
+        assert.ok(error instanceof StorageNotFoundError);
+        assert.equal(error.key, 'no/such/key');
+        return true;
+      });
+      await assert.rejects(driver.read('no/such/key', { start: 5 }), StorageNotFoundError);
+      assert.equal(await driver.readAll('no/such/key'), undefined);
+      assert.equal(await driver.stat('no/such/key'), undefined);
+    });
+
+    test('a directory-like prefix of keys is not a key', async () => {
+      await driver.writeAll('dir/child', 'x');
+      assert.equal(await driver.stat('dir'), undefined);
+      assert.equal(await driver.readAll('dir'), undefined);
+      await assert.rejects(driver.read('dir'), StorageNotFoundError);
+      await driver.delete('dir');
+      assert.equal((await driver.readAll('dir/child'))?.toString(), 'x');
+    });
+
+    test('a second commit replaces the content atomically; a reader opened before reads the old bytes whole', async () => {
+      const v1 = Buffer.alloc(4 * MiB, 0x01);
+      const v2 = Buffer.alloc(4 * MiB + 1, 0x02);
+      await driver.writeAll('replaced', v1);
+      const before = await driver.read('replaced');
+      const firstChunk = await readOneChunk(before);
+
+      const writer = await driver.createWriter('replaced');
+      writer.stream.end(v2);
+      assert.equal((await driver.stat('replaced'))?.size, v1.length, 'old content until commit');
+      await writer.commit();
+
+      assert.deepEqual(await driver.readAll('replaced'), v2);
+      assert.deepEqual(await collect(await driver.read('replaced')), v2);
+      assert.ok(Buffer.concat([firstChunk, await collect(before)]).equals(v1), 'the earlier reader saw the old content whole');
+    });
+
+    test('a reader opened before a delete reads every byte', async () => {
+      const data = Buffer.alloc(2 * MiB, 0x07);
+      await driver.writeAll('deleted', data);
+      const reader = await driver.read('deleted');
+      await driver.delete('deleted');
+      assert.equal(await driver.stat('deleted'), undefined);
+      assert.ok((await collect(reader)).equals(data));
+    });
+
+    test('delete removes a key; deleting a missing key is fine', async () => {
+      await driver.writeAll('gone/soon', 'x');
+      await driver.delete('gone/soon');
+      assert.equal(await driver.stat('gone/soon'), undefined);
+      assert.equal(await driver.readAll('gone/soon'), undefined);
+      await driver.delete('gone/soon');
+      await driver.delete('never/existed');
+    });
+
+    test('list yields committed keys under a string prefix, with size and modifiedAt, never writes in progress', async () => {
+      await driver.writeAll('blobs/sha256/aa/aa1', '1');
+      await driver.writeAll('blobs/sha256/aa/aa2', '22');
+      await driver.writeAll('blobs/sha256/ab/ab1', '333');
+      await driver.writeAll('manifests/sha256/aa/aa1', '4444');
+      const pending = await driver.createWriter('blobs/sha256/aa/aa3');
+      pending.stream.write('pending');
+      const aborted = await driver.createWriter('blobs/sha256/aa/aa4');
+      await aborted.abort();
+
+      assert.deepEqual(await keys(driver, ''), ['blobs/sha256/aa/aa1', 'blobs/sha256/aa/aa2', 'blobs/sha256/ab/ab1', 'manifests/sha256/aa/aa1']);
+      assert.deepEqual(await keys(driver, 'blobs/'), ['blobs/sha256/aa/aa1', 'blobs/sha256/aa/aa2', 'blobs/sha256/ab/ab1']);
+      assert.deepEqual(await keys(driver, 'blobs/sha256/aa/'), ['blobs/sha256/aa/aa1', 'blobs/sha256/aa/aa2']);
+      assert.deepEqual(await keys(driver, 'blobs/sha256/a'), ['blobs/sha256/aa/aa1', 'blobs/sha256/aa/aa2', 'blobs/sha256/ab/ab1']);
+      assert.deepEqual(await keys(driver, 'blobs/sha256/aa/aa2'), ['blobs/sha256/aa/aa2']);
+      assert.deepEqual(await keys(driver, 'nothing/here/'), []);
+
+      const entries = new Map<string, StorageEntry>();
+      for await (const entry of driver.list('blobs/sha256/')) entries.set(entry.key, entry);
+      assert.equal(entries.get('blobs/sha256/ab/ab1')?.size, 3);
+      assert.ok(entries.get('blobs/sha256/aa/aa2')?.modifiedAt instanceof Date);
+
+      await pending.commit();
+      assert.ok((await keys(driver, 'blobs/sha256/aa/')).includes('blobs/sha256/aa/aa3'));
+    });
+
+    test('touch() makes a key the most recently modified; touching a missing key is fine', async () => {
+      await driver.writeAll('lru/old', 'a');
+      await sleep(mtimeResolutionMs);
+      await driver.writeAll('lru/new', 'b');
+      const modified = async (key: string) => (await driver.stat(key))?.modifiedAt.getTime() ?? Number.NaN;
+      assert.ok((await modified('lru/old')) < (await modified('lru/new')));
+
+      await sleep(mtimeResolutionMs);
+      await driver.touch('lru/old');
+      assert.ok((await modified('lru/old')) > (await modified('lru/new')));
+      const listed = new Map<string, number>();
+      for await (const entry of driver.list('lru/')) listed.set(entry.key, entry.modifiedAt.getTime());
+      assert.ok((listed.get('lru/old') ?? 0) > (listed.get('lru/new') ?? 0));
+      assert.equal((await driver.readAll('lru/old'))?.toString(), 'a', 'touch does not change the content');
+
+      await driver.touch('lru/missing');
+      assert.equal(await driver.stat('lru/missing'), undefined);
+    });
+
+    test('cleanup() after a restart removes an interrupted write and counts it', async () => {
+      assert.equal(await driver.cleanup(), 0);
+      const interrupted = await driver.createWriter('interrupted/key');
+      await new Promise<void>((done, fail) => interrupted.stream.write(Buffer.alloc(256 * 1024, 1), (error) => (error ? fail(error) : done())));
+
+      const restarted = fixture.reopen();
+      assert.equal(await restarted.cleanup(), 1);
+      assert.equal(await restarted.cleanup(), 0);
+      assert.equal(await restarted.stat('interrupted/key'), undefined);
+      assert.deepEqual(await keys(restarted, ''), []);
+      await interrupted.abort();
+    });
+
+    test('invalid keys are rejected by every method', async () => {
+      const invalid = ['', '/abs/olute', '..', '../escape', 'a/../../escape', 'a/./b', './a', 'a//b', 'a/', 'back\\slash', 'nul\0byte'];
+      for (const key of invalid) {
+        const label = JSON.stringify(key);
+        await assert.rejects(driver.stat(key), Error, label);
+        await assert.rejects(driver.read(key), Error, label);
+        await assert.rejects(driver.readAll(key), Error, label);
+        await assert.rejects(driver.createWriter(key), Error, label);
+        await assert.rejects(driver.writeAll(key, 'x'), Error, label);
+        await assert.rejects(driver.delete(key), Error, label);
+        await assert.rejects(driver.touch(key), Error, label);
+      }
+      for (const prefix of ['/abs', '../', 'a/../', 'back\\slash']) {
+        await assert.rejects(keys(driver, prefix), Error, JSON.stringify(prefix));
+      }
+    });
+
+    test('a 64 MiB streamed write and read keep memory flat', async () => {
+      const size = 64 * MiB;
+      const chunkSize = 256 * 1024;
+      const memory = liveBufferSampler();
+      const written = createHash('sha256');
+      const writer = await driver.createWriter('big/blob');
+      let maxBuffered = 0;
+      function* produce(): Generator<Buffer> {
+        // Fresh buffers: a driver ignoring backpressure would keep all 64 MiB of them alive.
+        for (const [index, chunk] of enumerate(chunks(size / chunkSize, chunkSize))) {
+          maxBuffered = Math.max(maxBuffered, writer.stream.writableLength);
+          if (index % 16 === 0) memory.sample();
+          written.update(chunk);
+          yield chunk;
+        }
+      }
+      await pipeline(Readable.from(produce()), writer.stream);
+      memory.sample();
+      await writer.commit();
+      assert.equal((await driver.stat('big/blob'))?.size, size);
+
+      const read = createHash('sha256');
+      let readBytes = 0;
+      let readChunks = 0;
+      for await (const chunk of await driver.read('big/blob')) {
+        read.update(chunk as Buffer);
+        readBytes += (chunk as Buffer).length;
+        if (readChunks++ % 8 === 0) memory.sample();
+      }
+      assert.equal(readBytes, size);
+      assert.equal(read.digest('hex'), written.digest('hex'));
+
+      assert.ok(maxBuffered <= 8 * MiB, `the writer buffered up to ${maxBuffered} bytes`);
+      assert.ok(memory.growth() < 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
+    });
+
+    test('writer.stream signals backpressure to a fast producer', async () => {
+      const writer = await driver.createWriter('fast/producer');
+      let queued = 1;
+      while (writer.stream.write(Buffer.alloc(MiB, 1)) && queued < 64) queued += 1;
+      if (queued === 64) {
+        await writer.abort();
+        assert.fail('write() never returned false with 64 MiB queued synchronously');
+      }
+      await once(writer.stream, 'drain');
+      await writer.commit();
+      assert.equal((await driver.stat('fast/producer'))?.size, queued * MiB);
+    });
+  });
+}
+
+runDriverConformance('filesystem', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'docxy-fs-driver-'));
+  return {
+    driver: createFsDriver({ root }),
+    reopen: () => createFsDriver({ root }),
+    cleanup: () => rm(root, { recursive: true, force: true }),
+  };
+});
+
+describe('filesystem driver specifics', () => {
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'docxy-fs-driver-'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const tmpFiles = () => readdir(join(root, TMP_DIR)).catch(() => []);
+
+  test('keys are files under the root; writes in progress are temp files that commit and abort remove', async () => {
+    const driver = createFsDriver({ root });
+    const committed = await driver.createWriter('blobs/sha256/ab/abcd');
+    const aborted = await driver.createWriter('blobs/sha256/ab/abce');
+    assert.equal((await tmpFiles()).length, 2);
+    committed.stream.end('content');
+    await committed.commit();
+    await aborted.abort();
+    assert.deepEqual(await tmpFiles(), []);
+    assert.equal((await stat(join(root, 'blobs', 'sha256', 'ab', 'abcd'))).size, 7);
+  });
+
+  test('keys under the temp directory are refused', async () => {
+    const driver = createFsDriver({ root });
+    await assert.rejects(driver.createWriter(`${TMP_DIR}/x`), /invalid storage key/);
+    await assert.rejects(driver.stat(`${TMP_DIR}/x`), /invalid storage key/);
+  });
+
+  test('a destroyed writer stream removes its temp file without an abort()', async () => {
+    const driver = createFsDriver({ root });
+    const writer = await driver.createWriter('destroyed');
+    writer.stream.write('partial');
+    writer.stream.destroy(new Error('client went away'));
+    await assert.rejects(finished(writer.stream), /client went away/);
+    await waitFor(async () => (await tmpFiles()).length === 0);
+    await assert.rejects(writer.commit());
+  });
+
+  test('a commit that cannot place its file rejects and removes the temp file', async () => {
+    const driver = createFsDriver({ root });
+    await driver.writeAll('file', 'a key, so no directory');
+    const writer = await driver.createWriter('file/child');
+    writer.stream.end('orphan');
+    await assert.rejects(writer.commit(), { code: 'EEXIST' });
+    assert.deepEqual(await tmpFiles(), []);
+    assert.equal((await driver.readAll('file'))?.toString(), 'a key, so no directory');
+  });
+
+  test('cleanup() leaves the writes in progress of its own instance alone', async () => {
+    const driver = createFsDriver({ root });
+    const writer: StorageWriter = await driver.createWriter('in/progress');
+    writer.stream.write('still coming');
+    assert.equal(await driver.cleanup(), 0);
+    await writer.commit();
+    assert.equal((await driver.readAll('in/progress'))?.toString(), 'still coming');
+  });
+
+  test('a writer killed with SIGKILL mid-write leaves no key, only a temp file that cleanup() removes', async () => {
+    const driverUrl = pathToFileURL(resolve(import.meta.dirname, '../../src/storage/fs-driver.ts')).href;
+    const script = join(root, 'crash-writer.mjs');
+    await writeFile(
+      script,
+      `import { createFsDriver } from ${JSON.stringify(driverUrl)};
+const driver = createFsDriver({ root: process.argv[2] });
+const writer = await driver.createWriter('blobs/sha256/cr/crash');
+const chunk = Buffer.alloc(1024 * 1024, 0x2a);
+for (let i = 0; i < 32; i++) {
+  if (!writer.stream.write(chunk)) await new Promise((resolve) => writer.stream.once('drain', resolve));
+  if (i === 8) process.stdout.write('writing\\n');
+  // Slow after the signal, so that the kill lands in the middle of the write.
+  if (i >= 8) await new Promise((resolve) => setTimeout(resolve, 50));
+}
+await writer.commit();
+process.stdout.write('committed\\n');
+`,
+    );
+    const dataRoot = join(root, 'data');
+    const child = spawn(process.execPath, [script, dataRoot], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let output = '';
+    child.stdout.setEncoding('utf8');
+    await new Promise<void>((done, fail) => {
+      child.stdout.on('data', (text: string) => {
+        output += text;
+        if (output.includes('writing')) done();
+      });
+      child.once('exit', (code) => fail(new Error(`the writer exited (${code}) before writing: ${output}`)));
+    });
+    const exited = once(child, 'exit');
+    child.kill('SIGKILL');
+    const [, signal] = await exited;
+    assert.equal(signal, 'SIGKILL');
+    assert.ok(!output.includes('committed'));
+
+    const driver = createFsDriver({ root: dataRoot });
+    assert.equal(await driver.stat('blobs/sha256/cr/crash'), undefined);
+    assert.deepEqual(await keys(driver, ''), []);
+    const leftovers = await readdir(join(dataRoot, TMP_DIR));
+    assert.equal(leftovers.length, 1);
+    assert.ok((await stat(join(dataRoot, TMP_DIR, leftovers[0] ?? ''))).size >= 8 * MiB, 'killed after writing started');
+    assert.equal(await driver.cleanup(), 1);
+    assert.deepEqual(await readdir(join(dataRoot, TMP_DIR)), []);
+  });
+});
+
+/** `count` fresh buffers of `size` bytes (distinct contents, so a reordering would show). */
+function* chunks(count: number, size: number): Generator<Buffer> {
+  for (let i = 0; i < count; i++) yield Buffer.alloc(size, i % 256);
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) parts.push(chunk as Buffer);
+  return Buffer.concat(parts);
+}
+
+async function readOneChunk(stream: Readable): Promise<Buffer> {
+  for (;;) {
+    const chunk = stream.read() as Buffer | null;
+    if (chunk !== null) return chunk;
+    await once(stream, 'readable');
+  }
+}
+
+async function keys(driver: StorageDriver, prefix: string): Promise<string[]> {
+  const found: string[] = [];
+  for await (const entry of driver.list(prefix)) found.push(entry.key);
+  return found.sort();
+}
+
+/**
+ * Peak growth of the memory held by live Buffers over a baseline taken now. A full GC before
+ * each sample leaves only what is still referenced, so garbage awaiting collection (which can
+ * reach the size of the blob) does not count.
+ */
+function liveBufferSampler(): { sample: () => void; growth: () => number } {
+  const collect = exposeGc();
+  const measure = () => {
+    collect();
+    return process.memoryUsage().arrayBuffers;
+  };
+  const base = measure();
+  let peak = base;
+  return {
+    sample: () => {
+      peak = Math.max(peak, measure());
+    },
+    growth: () => peak - base,
+  };
+}
+
+function exposeGc(): () => void {
+  if (globalThis.gc) return globalThis.gc;
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
+function* enumerate<T>(items: Iterable<T>): Generator<[number, T]> {
+  let index = 0;
+  for (const item of items) yield [index++, item];
+}
+
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(10);
+  }
+}
