@@ -7,7 +7,13 @@ import type { ListenAddress } from './config/schema.ts';
 import { createRequestHandler } from './http/request-handler.ts';
 import type { HttpContext } from './http/context.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
-import { createPassThroughProxy } from './proxy/registry-proxy.ts';
+import { createPassThroughProxy, type RegistryProxy } from './proxy/registry-proxy.ts';
+import { createCachingProxy } from './cache/caching-proxy.ts';
+import { CacheIndex } from './cache/cache-index.ts';
+import { CacheStats } from './cache/cache-stats.ts';
+import { Evictor } from './cache/evictor.ts';
+import { createContentStore } from './storage/content-store.ts';
+import { createFsDriver } from './storage/fs-driver.ts';
 import { createRouteResolver } from './proxy/route-resolver.ts';
 import { UpstreamClient } from './upstream/upstream-client.ts';
 import { VERSION } from './version.ts';
@@ -35,12 +41,15 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     if (!client) throw new Error(`upstream ${name} is not configured`);
     return client;
   };
+  const passThrough = createPassThroughProxy(upstream);
+  const cache = config.cache.enabled ? createCache(config, upstream, passThrough, logger) : undefined;
   const ctx: HttpContext = {
     config,
     resolver: createRouteResolver(config),
     upstream,
     upstreams: () => clients.values(),
-    proxy: createPassThroughProxy(upstream),
+    proxy: cache?.proxy ?? passThrough,
+    ...(cache ? { cacheStats: cache.stats } : {}),
     logger,
     version: VERSION,
     startedAt: Date.now(),
@@ -73,6 +82,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       return url;
     },
     async listen() {
+      if (cache) {
+        const removed = await cache.driver.cleanup();
+        if (removed > 0) logger.warn({ removed }, 'removed unfinished cache writes left by a previous run');
+      }
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
       logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl?.href }, 'listening');
       if (redirectServer && config.httpRedirect) {
@@ -91,9 +104,31 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       timer.unref();
       await Promise.all(closed);
       clearTimeout(timer);
+      cache?.evictor.close();
+      await cache?.proxy.close();
       await Promise.all([...clients.values()].map((c) => c.close()));
     },
   };
+}
+
+/** The pull-through cache on the filesystem driver under dataDir. */
+function createCache(config: Config, upstream: (name: string) => UpstreamClient, passThrough: RegistryProxy, logger: Logger) {
+  const driver = createFsDriver({ root: config.dataDir });
+  const store = createContentStore(driver);
+  const stats = new CacheStats();
+  const evictor = new Evictor({ store, maxBytes: config.cache.maxSize, stats, logger });
+  const proxy = createCachingProxy({
+    passThrough,
+    upstreamFor: upstream,
+    driver,
+    store,
+    index: new CacheIndex(driver),
+    stats,
+    evictor,
+    config: config.cache,
+    logger,
+  });
+  return { driver, store, stats, evictor, proxy };
 }
 
 async function listenOn(server: Server, address: ListenAddress, scheme: string): Promise<string> {

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { UPSTREAM_PRESETS } from './presets.ts';
-import { configSchema, parseListen, type ListenAddress, type ParsedConfig, type Timeouts } from './schema.ts';
+import { configSchema, parseListen, type CacheConfig, type ListenAddress, type ParsedConfig, type Timeouts } from './schema.ts';
 
 export interface UpstreamConfig {
   /** The key under `upstreams`, e.g. `docker.io`. */
@@ -14,6 +14,7 @@ export interface UpstreamConfig {
   hosts: string[];
   credentials?: { username: string; password: string };
   timeouts: Timeouts;
+  tagTtlSeconds?: number;
 }
 
 export interface TlsConfig {
@@ -34,6 +35,7 @@ export interface Config {
   trustedProxyList: string[];
   defaultUpstream: string;
   upstreams: Map<string, UpstreamConfig>;
+  cache: CacheConfig;
 }
 
 export interface ConfigProblem {
@@ -115,6 +117,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
       hosts: entry.hosts.map(normalizeHost),
       ...(credentials ? { credentials } : {}),
       timeouts: { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) },
+      ...(entry.tagTtlSeconds !== undefined ? { tagTtlSeconds: entry.tagTtlSeconds } : {}),
     });
   }
   checkUniqueNames(upstreams, problems);
@@ -139,6 +142,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     trustedProxyList: parsed.trustedProxies,
     defaultUpstream: parsed.defaultUpstream,
     upstreams,
+    cache: parsed.cache,
   };
 }
 

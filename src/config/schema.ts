@@ -47,10 +47,44 @@ const upstream = z.strictObject({
   /** Extra path-prefix names for this upstream (`/v2/<alias>/repo/...`). */
   aliases: z.array(z.string().min(1)).optional(),
   libraryPrefix: z.boolean().optional(),
+  /** Tag TTL for this upstream (overrides cache.tagTtlSeconds; cache.tagTtlRules still win). */
+  tagTtlSeconds: z.number().int().nonnegative().optional(),
   /** Overrides of the global timeouts for this upstream; unset fields keep the global value. */
   timeouts: z
     .strictObject({ connectMs: duration.optional(), headersMs: duration.optional(), bodyIdleMs: duration.optional() })
     .optional(),
+});
+
+/** A byte size: a number of bytes, or a string such as "20GiB", "500MB", "1.5 TiB". */
+const byteSize = z.union([z.number().int().nonnegative(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'number') return value;
+  const parsed = parseByteSize(value);
+  if (parsed === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a size such as "20GiB" or "500MB", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
+const cache = z.strictObject({
+  /** Off: a pure pass-through proxy (nothing stored). */
+  enabled: z.boolean().default(true),
+  /** Least-recently-used content is evicted beyond this size; 0 means no limit. */
+  maxSize: byteSize.default(20 * 1024 ** 3),
+  /** How long a tag's digest is trusted before docxy revalidates it with a HEAD upstream. */
+  tagTtlSeconds: z.number().int().nonnegative().default(600),
+  /** Per-repository tag TTLs; the first rule whose glob matches wins (`*` within a path segment, `**` across). */
+  tagTtlRules: z
+    .array(z.strictObject({ upstream: z.string().optional(), repository: z.string().min(1), seconds: z.number().int().nonnegative() }))
+    .default([]),
+  /** How long a 404 for a tag is remembered, so a storm of bad pulls does not reach upstream. */
+  negativeTtlSeconds: z.number().int().nonnegative().default(30),
+  /** How many times a broken upstream blob transfer is resumed with a Range request. */
+  resumeAttempts: z.number().int().nonnegative().default(5),
+  /** How long a repository's "readable by anyone through docxy" status is trusted. */
+  visibilityTtlSeconds: z.number().int().positive().default(3600),
+  /** How long a client's proven access to a private repository is remembered. */
+  accessTtlSeconds: z.number().int().positive().default(300),
 });
 
 export const configSchema = z.strictObject({
@@ -74,7 +108,19 @@ export const configSchema = z.strictObject({
   defaultUpstream: z.string().min(1).default('docker.io'),
   upstreams: z.record(z.string().min(1), upstream).default({ 'docker.io': { hosts: [] } }),
   timeouts: timeouts.default({ connectMs: 10_000, headersMs: 30_000, bodyIdleMs: 60_000 }),
+  cache: cache.default({
+    enabled: true,
+    maxSize: 20 * 1024 ** 3,
+    tagTtlSeconds: 600,
+    tagTtlRules: [],
+    negativeTtlSeconds: 30,
+    resumeAttempts: 5,
+    visibilityTtlSeconds: 3600,
+    accessTtlSeconds: 300,
+  }),
 });
+
+export type CacheConfig = z.output<typeof cache>;
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type ParsedConfig = z.output<typeof configSchema>;
@@ -92,4 +138,13 @@ export function parseListen(value: string): ListenAddress | undefined {
   if (port > 65_535) return undefined;
   const host = match[1] ?? (match[2] || '0.0.0.0');
   return { host, port };
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+
+export function parseByteSize(text: string): number | undefined {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  if (!match) return undefined;
+  const unit = UNITS[match[2]!.toLowerCase()];
+  return unit === undefined ? undefined : Math.round(Number(match[1]) * unit);
 }

@@ -1,3 +1,4 @@
+import type { CacheOutcome, CacheStats } from '../cache/cache-stats.ts';
 import type { Config } from '../config/load.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { RegistryProxy } from '../proxy/registry-proxy.ts';
@@ -11,6 +12,8 @@ export interface HttpContext {
   upstream(name: string): UpstreamClient;
   upstreams(): Iterable<UpstreamClient>;
   proxy: RegistryProxy;
+  /** Present when the pull-through cache is on. */
+  cacheStats?: CacheStats;
   logger: Logger;
   version: string;
   startedAt: number;
@@ -24,6 +27,7 @@ export interface RequestLog {
   ref?: string;
   mode?: string;
   source?: string;
+  cache?: CacheOutcome;
   bytes: number;
   error?: string;
 }

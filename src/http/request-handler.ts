@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
+import type { CacheStats } from '../cache/cache-stats.ts';
 import type { HttpContext, RequestLog } from './context.ts';
 import { sendJson, writeError } from './error-writer.ts';
 import { clientAddress } from './public-base.ts';
@@ -32,6 +33,11 @@ export function createRequestHandler(ctx: HttpContext) {
         ms: Math.round((performance.now() - started) * 10) / 10,
         client: clientAddress(req, ctx.config.trustedProxies),
       };
+      if (ctx.cacheStats && log.cache) {
+        ctx.cacheStats.count(log.cache);
+        if (log.cache === 'bypass') ctx.cacheStats.bytesFetchedUpstream += log.bytes;
+        else if (log.cache !== 'miss') ctx.cacheStats.bytesServedFromCache += log.bytes;
+      }
       if (res.writableFinished) ctx.logger.info(fields, 'request');
       else ctx.logger.warn(fields, 'request');
     });
@@ -79,6 +85,7 @@ function safePath(raw: string | undefined): string {
 interface ReadinessReport {
   status: 'ready' | 'unavailable';
   upstreams: Record<string, { ok: boolean; status?: number; error?: string; checkedAt: string; ms: number }>;
+  cache?: ReturnType<CacheStats['snapshot']>;
 }
 
 /** Ready when the default upstream answered its `/v2/` recently (any answer below 500 counts). */
@@ -109,5 +116,5 @@ async function readiness(ctx: HttpContext): Promise<ReadinessReport> {
     };
   }
   const ok = upstreams[ctx.resolver.defaultUpstream.name]?.ok === true;
-  return { status: ok ? 'ready' : 'unavailable', upstreams };
+  return { status: ok ? 'ready' : 'unavailable', upstreams, ...(ctx.cacheStats ? { cache: ctx.cacheStats.snapshot() } : {}) };
 }

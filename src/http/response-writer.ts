@@ -21,6 +21,7 @@ export async function sendProxyResponse(
   if (headers['docker-distribution-api-version'] === undefined) Object.assign(headers, API_VERSION_HEADER);
   rewriteHeaders?.(headers);
   log.source = response.source;
+  if (response.cache) log.cache = response.cache;
   res.writeHead(response.status, headers);
   const body = response.body;
   if (!body || res.req.method === 'HEAD' || response.status === 204 || response.status === 304) {

@@ -3,6 +3,7 @@ import type { Digest } from '../oci/digest.ts';
 import type { HeaderValues, UpstreamClient, UpstreamResponse } from '../upstream/upstream-client.ts';
 import { fetchUpstream } from './upstream-fetch.ts';
 import type { Target } from './route-resolver.ts';
+import type { CacheOutcome } from '../cache/cache-stats.ts';
 
 export interface RegistryRequest {
   target: Target;
@@ -20,6 +21,8 @@ export interface ProxyResponse {
   body?: Readable;
   /** Where the answer came from, for the request log. */
   source: 'upstream' | 'cache';
+  /** What the cache did, for the request log and counters (absent without a cache). */
+  cache?: CacheOutcome;
 }
 
 /** The domain seam: the HTTP layer asks for content; a cache can decorate this later. */

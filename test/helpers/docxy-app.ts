@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createApp, type App } from '../../src/app.ts';
 import { resolveConfig } from '../../src/config/load.ts';
@@ -8,6 +11,8 @@ export interface RunningDocxy {
   app: App;
   /** Every log line docxy wrote, parsed. */
   logs: Array<Record<string, unknown>>;
+  /** The cache directory (a fresh temp dir unless the config names one). */
+  dataDir: string;
   /** Raw log text, for "this secret never appears" checks. */
   rawLogs(): string;
   close(): Promise<void>;
@@ -26,9 +31,20 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
       callback();
     },
   });
-  const app = createApp(resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', ...config }, env), {
+  const dataDir = await mkdtemp(join(tmpdir(), 'docxy-test-data-'));
+  const app = createApp(resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', dataDir, ...config }, env), {
     logger: createLogger('debug', sink),
   });
   const url = await app.listen();
-  return { url, app, logs, rawLogs: () => lines.join('\n'), close: () => app.close(1000) };
+  return {
+    url,
+    app,
+    logs,
+    dataDir,
+    rawLogs: () => lines.join('\n'),
+    async close() {
+      await app.close(1000);
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
 }

@@ -30,8 +30,10 @@ describe('several upstreams on one listener', () => {
     corpPrivate = corp.addImage('team/private', '1', [Buffer.from('corp private layer')]);
     corp.addImage('team/tool', '2', [Buffer.from('corp public layer')]);
     plainImage = plain.addImage('ops/private', '1', [Buffer.from('basic-auth layer')]);
+    // Routing and credentials, seen without the cache in between (every request reaches upstream).
     docxy = await startDocxy({
       publicUrl,
+      cache: { enabled: false },
       upstreams: {
         'docker.io': { url: hub.url },
         'ghcr.io': { url: ghcr.url, hosts: ['ghcr.mirror.test'], aliases: ['gh'] },
@@ -191,7 +193,7 @@ describe('credentials: neither server-side nor client-side', () => {
   before(async () => {
     corp = await startFakeRegistry({ users: { bot: 's3cret' }, privateRepos: ['team/private'] });
     corp.addImage('team/private', '1', [Buffer.from('private')]);
-    docxy = await startDocxy({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' }, corp: { url: corp.url } } });
+    docxy = await startDocxy({ cache: { enabled: false }, upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' }, corp: { url: corp.url } } });
   });
   after(async () => {
     await docxy?.close();

@@ -23,7 +23,8 @@ describe('transparent proxy in front of a Docker-Hub-like registry', () => {
     upstream = await startFakeRegistry({ cdn: true, rateLimit: true, users: { alice: 'wonderland' }, privateRepos: ['alice/secret'] });
     nginx = upstream.addImage('library/nginx', '1.27', [Buffer.alloc(300_000, 1), Buffer.from('second layer')]);
     secret = upstream.addImage('alice/secret', 'v1', [Buffer.from('private bytes')]);
-    docxy = await startDocxy({ publicUrl, upstreams: { 'docker.io': { url: upstream.url } } });
+    // The transparent proxy of issue 2: nothing cached, so every request shows upstream.
+    docxy = await startDocxy({ publicUrl, cache: { enabled: false }, upstreams: { 'docker.io': { url: upstream.url } } });
   });
   after(async () => {
     await docxy?.close();
@@ -289,6 +290,7 @@ describe('upstream failures', () => {
     upstream = await startFakeRegistry({ cdn: true });
     image = upstream.addImage('library/app', '1', [Buffer.from('layer')]);
     docxy = await startDocxy({
+      cache: { enabled: false },
       upstreams: { 'docker.io': { url: upstream.url, timeouts: { headersMs: 500, bodyIdleMs: 500 } } },
     });
   });

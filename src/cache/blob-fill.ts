@@ -1,0 +1,293 @@
+import { createHash, type Hash } from 'node:crypto';
+import { EventEmitter, once } from 'node:events';
+import { open, type FileHandle } from 'node:fs/promises';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Digest } from '../oci/digest.ts';
+import { DigestMismatchError } from '../storage/content-store.ts';
+import type { StorageWriter } from '../storage/storage-driver.ts';
+
+/** One upstream answer for the fill: a 200 from offset 0, or a 206 resuming at `offset`. */
+export interface FillResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable;
+}
+
+export interface BlobFillOptions {
+  digest: Digest;
+  /** Size from a manifest descriptor, when known; checked against what arrives. */
+  expectedSize?: number;
+  /** Opens the upstream transfer at `offset` (with `Range: bytes=offset-` when offset > 0). */
+  open(offset: number, signal: AbortSignal): Promise<FillResponse>;
+  /** Where the bytes go; nothing is visible in the cache until it commits. */
+  writer: StorageWriter;
+  /** How many times a broken upstream transfer is resumed. */
+  maxResumes?: number;
+  /** First resume delay; doubles each time. */
+  resumeDelayMs?: number;
+  signal?: AbortSignal;
+  onResume?(offset: number, attempt: number, error: Error): void;
+}
+
+/** The first upstream answer was not the blob (401, 404, 429...): the caller passes it on. */
+export class FillRefusedError extends Error {
+  readonly response: FillResponse;
+  constructor(response: FillResponse) {
+    super(`upstream answered ${response.status}`);
+    this.name = 'FillRefusedError';
+    this.response = response;
+  }
+}
+
+const READ_CHUNK = 256 * 1024;
+
+/**
+ * One upstream fetch of one blob into the cache, shared by every client that wants it meanwhile.
+ *
+ * The fill writes into the storage writer's local file and has a lifetime of its own: it runs at
+ * upstream speed whatever its readers do, and a reader that leaves does not stop it. Every reader
+ * (the first client included) follows the file with positional reads on one shared handle, so a
+ * late joiner starts at once with the bytes already there, a Range inside them is answered
+ * immediately, and memory stays flat however many readers and however large the blob. A broken
+ * upstream transfer is resumed with a Range request; the digest and length are verified end to
+ * end before the blob becomes visible, and a mismatch fails every reader's transfer.
+ */
+export class BlobFill extends EventEmitter {
+  readonly digest: Digest;
+  /** Total size, known once the first upstream answer arrived. */
+  size: number | undefined;
+  /** Bytes safely in the file (readable by followers). */
+  written = 0;
+  state: 'connecting' | 'filling' | 'complete' | 'failed' = 'connecting';
+  error: Error | undefined;
+  /** Headers of the first upstream answer (content type etc.). */
+  headers: FillResponse['headers'] = {};
+  /** Resolves once the first upstream answer is a 200 (size known), or rejects. */
+  readonly ready: Promise<void>;
+  /** Resolves when the blob is verified and committed; rejects on failure. */
+  readonly done: Promise<void>;
+  /** Bytes received from upstream, resumes included. */
+  upstreamBytes = 0;
+  resumes = 0;
+
+  private readonly options: BlobFillOptions;
+  private readonly hash: Hash;
+  private readonly controller = new AbortController();
+  private handle: FileHandle | undefined;
+  private spoolPath: string | undefined;
+  private handleUsers = 1; // the fill itself
+  private accepted = 0; // bytes handed to the writer (all of them reach the file)
+
+  constructor(options: BlobFillOptions) {
+    super();
+    this.setMaxListeners(0);
+    this.options = options;
+    this.digest = options.digest;
+    this.size = options.expectedSize;
+    this.hash = createHash(options.digest.algorithm);
+    options.signal?.addEventListener('abort', () => this.controller.abort(options.signal?.reason), { once: true });
+    let markReady!: () => void;
+    let failReady!: (error: Error) => void;
+    this.ready = new Promise<void>((resolve, reject) => {
+      markReady = resolve;
+      failReady = reject;
+    });
+    this.ready.catch(() => undefined);
+    this.done = this.run(markReady, failReady);
+    this.done.catch(() => undefined);
+  }
+
+  private async run(markReady: () => void, failReady: (error: Error) => void): Promise<void> {
+    const { writer } = this.options;
+    try {
+      let response = await this.options.open(0, this.controller.signal);
+      if (response.status !== 200) throw new FillRefusedError(response);
+      this.headers = response.headers;
+      const length = contentLength(response.headers);
+      if (length !== undefined) {
+        if (this.size !== undefined && this.size !== length) {
+          response.body.destroy();
+          throw new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: undefined, expectedSize: this.size, actualSize: length });
+        }
+        this.size = length;
+      }
+      if (!writer.localPath) throw new Error('storage writer has no local file to follow');
+      this.spoolPath = writer.localPath;
+      this.handle = await open(this.spoolPath, 'r');
+      writer.stream.on('error', (error: Error) => {
+        this.error ??= error;
+        this.controller.abort(error);
+        this.emit('progress');
+      });
+      this.state = 'filling';
+      markReady();
+      let body = response.body;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await this.copy(body);
+          break;
+        } catch (error) {
+          if (this.controller.signal.aborted || error instanceof DigestMismatchError) throw error;
+          if (this.size !== undefined && this.accepted >= this.size) throw error;
+          if (attempt >= (this.options.maxResumes ?? 5)) throw error;
+          await this.flushed();
+          this.resumes++;
+          this.options.onResume?.(this.accepted, attempt + 1, error as Error);
+          await sleep((this.options.resumeDelayMs ?? 200) * 2 ** attempt, undefined, { signal: this.controller.signal });
+          body = await this.reopen();
+        }
+      }
+      await this.flushed();
+      const actual = `${this.digest.algorithm}:${this.hash.digest('hex')}`;
+      if (actual !== this.digest.value || (this.size !== undefined && this.accepted !== this.size)) {
+        throw new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: actual, expectedSize: this.size, actualSize: this.accepted });
+      }
+      this.size = this.accepted;
+      await writer.commit();
+      this.state = 'complete';
+      this.emit('progress');
+    } catch (error) {
+      this.state = 'failed';
+      this.error = error as Error;
+      failReady(error as Error);
+      await writer.abort().catch(() => undefined);
+      this.emit('progress');
+      throw error;
+    } finally {
+      this.releaseHandle();
+    }
+  }
+
+  /** Re-requests the rest of the blob; a 200 (Range ignored) is skipped forward to where we are. */
+  private async reopen(): Promise<Readable> {
+    const offset = this.accepted;
+    const response = await this.options.open(offset, this.controller.signal);
+    if (response.status === 206) {
+      const start = /^bytes (\d+)-/.exec(String(response.headers['content-range'] ?? ''))?.[1];
+      if (Number(start) !== offset) {
+        response.body.destroy();
+        throw new Error(`upstream resumed at byte ${start ?? '?'} instead of ${offset}`);
+      }
+      return response.body;
+    }
+    if (response.status === 200) return Readable.from(skipBytes(response.body, offset));
+    response.body.destroy();
+    throw new Error(`upstream answered ${response.status} to a resume at byte ${offset}`);
+  }
+
+  /** Streams upstream bytes into the writer: hashed in order, progress announced once on disk. */
+  private async copy(body: Readable): Promise<void> {
+    const stream = this.options.writer.stream;
+    const sink = new Writable({
+      highWaterMark: 1024 * 1024,
+      write: (chunk: Buffer, _encoding, callback) => {
+        if (this.size !== undefined && this.accepted + chunk.length > this.size) {
+          callback(new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: undefined, expectedSize: this.size, actualSize: this.accepted + chunk.length }));
+          return;
+        }
+        this.hash.update(chunk);
+        this.accepted += chunk.length;
+        this.upstreamBytes += chunk.length;
+        const more = stream.write(chunk, (error) => {
+          if (error) return;
+          this.written += chunk.length;
+          this.emit('progress');
+        });
+        if (more) callback();
+        else stream.once('drain', () => callback());
+      },
+    });
+    await pipeline(body, sink, { signal: this.controller.signal });
+  }
+
+  /** Waits until every byte handed to the writer is in the file. */
+  private async flushed(): Promise<void> {
+    while (this.written < this.accepted) {
+      if (this.options.writer.stream.destroyed) throw new Error('storage write failed');
+      await once(this, 'progress');
+    }
+  }
+
+  /** A stream of the blob's bytes `[start, end]` as they arrive. Errors if the fill fails. */
+  createReader(range: { start: number; end?: number } = { start: 0 }): Readable {
+    if (!this.handle || this.state === 'failed') throw this.error ?? new Error('blob fill is not streaming');
+    const handle = this.handle;
+    this.handleUsers++;
+    let position = range.start;
+    let released = false;
+    const release = () => {
+      if (!released) {
+        released = true;
+        this.releaseHandle();
+      }
+    };
+    const fill = this;
+    return new Readable({
+      highWaterMark: READ_CHUNK,
+      async read() {
+        try {
+          for (;;) {
+            const last = range.end ?? (fill.size !== undefined ? fill.size - 1 : Infinity);
+            if (position > last || (fill.state === 'complete' && position >= fill.written)) {
+              this.push(null);
+              return;
+            }
+            if (fill.state === 'failed') throw fill.error ?? new Error('blob fill failed');
+            const available = Math.min(fill.written, last + 1) - position;
+            if (available > 0) {
+              const buffer = Buffer.allocUnsafe(Math.min(available, READ_CHUNK));
+              const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+              if (bytesRead === 0) throw new Error('cache file shrank while being read');
+              position += bytesRead;
+              this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead));
+              return;
+            }
+            await once(fill, 'progress');
+          }
+        } catch (error) {
+          this.destroy(error as Error);
+        }
+      },
+      destroy(error, callback) {
+        release();
+        callback(error);
+      },
+    }).once('end', release);
+  }
+
+  /** Stops the fill (docxy shutting down). */
+  abort(reason?: unknown): void {
+    this.controller.abort(reason);
+  }
+
+  private releaseHandle(): void {
+    this.handleUsers--;
+    if (this.handleUsers === 0 && this.handle) {
+      const handle = this.handle;
+      this.handle = undefined;
+      handle.close().catch(() => undefined);
+    }
+  }
+}
+
+function contentLength(headers: FillResponse['headers']): number | undefined {
+  const value = headers['content-length'];
+  const text = Array.isArray(value) ? value[0] : value;
+  if (text === undefined || !/^\d+$/.test(text)) return undefined;
+  return Number(text);
+}
+
+/** Drops the first `count` bytes of a stream (an upstream that ignored our Range). */
+async function* skipBytes(source: AsyncIterable<Buffer>, count: number): AsyncGenerator<Buffer> {
+  let remaining = count;
+  for await (const chunk of source) {
+    if (remaining >= chunk.length) {
+      remaining -= chunk.length;
+      continue;
+    }
+    yield remaining > 0 ? chunk.subarray(remaining) : chunk;
+    remaining = 0;
+  }
+}

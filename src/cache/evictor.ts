@@ -1,0 +1,104 @@
+import type { Logger } from '../observability/logger.ts';
+import { contentKey, type ContentKind, type ContentStore } from '../storage/content-store.ts';
+import { parseDigest } from '../oci/digest.ts';
+import type { CacheStats } from './cache-stats.ts';
+
+/** After a sweep the cache is at most this share of maxSize, so sweeps do not run on every fill. */
+const LOW_WATER = 0.9;
+const SCHEDULE_DELAY_MS = 1_000;
+
+export interface SweepResult {
+  totalBytes: number;
+  removed: number;
+  removedBytes: number;
+}
+
+/**
+ * Keeps the cache under its maximum size by removing the least recently used content (by the
+ * time it was last written or served). Content being read is pinned and never removed; content
+ * being written is not visible yet, so it cannot be either.
+ */
+export class Evictor {
+  private readonly store: ContentStore;
+  private readonly maxBytes: number;
+  private readonly stats: CacheStats | undefined;
+  private readonly logger: Logger | undefined;
+  private readonly pins = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<SweepResult> | undefined;
+
+  constructor(options: { store: ContentStore; maxBytes: number; stats?: CacheStats; logger?: Logger }) {
+    this.store = options.store;
+    this.maxBytes = options.maxBytes;
+    this.stats = options.stats;
+    this.logger = options.logger;
+  }
+
+  /** Protects a key from eviction until the returned function is called (once). */
+  pin(key: string): () => void {
+    this.pins.set(key, (this.pins.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const count = (this.pins.get(key) ?? 1) - 1;
+      if (count <= 0) this.pins.delete(key);
+      else this.pins.set(key, count);
+    };
+  }
+
+  /** A sweep soon (debounced): called after content is added. */
+  schedule(): void {
+    if (this.maxBytes <= 0 || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.sweep().catch((error: unknown) => this.logger?.error({ err: error }, 'cache eviction failed'));
+    }, SCHEDULE_DELAY_MS);
+    this.timer.unref();
+  }
+
+  /** Removes least recently used content until the cache fits `targetBytes` (default: the low-water mark). */
+  sweep(targetBytes?: number): Promise<SweepResult> {
+    this.running ??= this.run(targetBytes).finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private async run(targetBytes: number | undefined): Promise<SweepResult> {
+    const entries: Array<{ kind: ContentKind; digest: string; size: number; usedAt: number }> = [];
+    let total = 0;
+    for (const kind of ['blob', 'manifest'] as const) {
+      for await (const entry of this.store.list(kind)) {
+        entries.push({ kind, digest: entry.digest, size: entry.size, usedAt: entry.modifiedAt.getTime() });
+        total += entry.size;
+      }
+    }
+    const limit = targetBytes ?? (this.maxBytes > 0 ? this.maxBytes : Infinity);
+    const result: SweepResult = { totalBytes: total, removed: 0, removedBytes: 0 };
+    if (total <= limit) return result;
+    const goal = targetBytes ?? Math.floor(this.maxBytes * LOW_WATER);
+    entries.sort((a, b) => a.usedAt - b.usedAt);
+    for (const entry of entries) {
+      if (total <= goal) break;
+      const digest = parseDigest(entry.digest);
+      if (!digest || this.pins.has(contentKey(entry.kind, digest))) continue;
+      await this.store.delete(entry.kind, entry.digest);
+      total -= entry.size;
+      result.removed++;
+      result.removedBytes += entry.size;
+    }
+    result.totalBytes = total;
+    if (this.stats) {
+      this.stats.evictions += result.removed;
+      this.stats.bytesEvicted += result.removedBytes;
+    }
+    if (result.removed > 0) this.logger?.info({ removed: result.removed, bytes: result.removedBytes, totalBytes: total }, 'cache eviction');
+    return result;
+  }
+}

@@ -1,0 +1,24 @@
+/** Manifest media types docxy understands, most specific first. */
+export const MANIFEST_MEDIA_TYPES = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+] as const;
+
+/** Largest manifest docxy buffers (Distribution's own limit is 4 MiB). */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Whether a stored manifest of `mediaType` may answer a request with these Accept values.
+ * No Accept header means any; `*\/*` means any.
+ */
+export function acceptsMediaType(accept: string | string[] | undefined, mediaType: string): boolean {
+  if (accept === undefined) return true;
+  const values = (Array.isArray(accept) ? accept : [accept])
+    .flatMap((value) => value.split(','))
+    .map((value) => value.split(';')[0]!.trim().toLowerCase())
+    .filter(Boolean);
+  if (values.length === 0) return true;
+  return values.includes('*/*') || values.includes(mediaType.toLowerCase());
+}
