@@ -33,7 +33,7 @@ export interface CachingProxyOptions {
 
 export interface CachingProxy extends RegistryProxy {
   /** Blob fills in progress, by digest (for tests and metrics). */
-  readonly fills: ReadonlyMap<string, BlobFill>;
+  readonly fills: ReadonlyMap<string, Promise<BlobFill>>;
   /** Stops in-flight fills (shutdown). */
   close(): Promise<void>;
 }
@@ -50,26 +50,32 @@ const STALE_WARNING = '110 - "Response is Stale"';
 export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
   const { passThrough, upstreamFor, driver, store, index, stats, evictor, config, logger } = options;
   const guard = new AccessGuard(index, upstreamFor, config);
-  const fills = new Map<string, BlobFill>();
+  const fills = new Map<string, Promise<BlobFill & { leader?: string }>>();
   const negative = new Map<string, number>();
   const shutdown = new AbortController();
 
   // ---- blobs ---------------------------------------------------------------------------------
 
   const blob = async (request: RegistryRequest, digest: Digest): Promise<ProxyResponse> => {
-    const stat = await store.stat('blob', digest.value);
-    if (stat) {
-      const decision = await guard.check(request, 'blob', digest);
-      if (!decision.allowed) return decision.response;
-      void touch('blob', digest, stat.modifiedAt);
-      return storedBlob(request, digest, stat.size, decision.stale ? 'stale' : 'hit');
+    // The in-flight map is checked before and after the storage lookup, and a new fill is
+    // registered without awaiting anything: two requests can never both start a fill.
+    let inFlight = fills.get(digest.value);
+    if (!inFlight) {
+      const stat = await store.stat('blob', digest.value);
+      if (stat) {
+        const decision = await guard.check(request, 'blob', digest);
+        if (!decision.allowed) return decision.response;
+        void touch('blob', digest, stat.modifiedAt);
+        return storedBlob(request, digest, stat.size, decision.stale ? 'stale' : 'hit');
+      }
+      inFlight = fills.get(digest.value);
     }
-    const inFlight = fills.get(digest.value);
-    if (inFlight && inFlight.state !== 'complete') {
-      const joined = await joinFill(request, digest, inFlight);
+    if (inFlight) {
+      const fill = await inFlight.catch(() => undefined);
+      if (fill?.state === 'complete') return blob(request, digest); // just committed: from storage
+      const joined = fill ? await joinFill(request, digest, fill) : undefined;
       if (joined) return joined;
-    } else if (inFlight) {
-      return blob(request, digest); // just committed: served from storage
+      if (request.method === 'HEAD' || fills.get(digest.value)) return tagged(await passThrough.blob(request, digest), 'bypass');
     }
     if (request.method === 'HEAD') return tagged(await passThrough.blob(request, digest), 'bypass');
     return startFill(request, digest);
@@ -120,6 +126,24 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
   };
 
   const startFill = async (request: RegistryRequest, digest: Digest): Promise<ProxyResponse> => {
+    const created = createFill(request, digest);
+    fills.set(digest.value, created);
+    created.catch(() => fills.delete(digest.value));
+    const fill = await created;
+    try {
+      await fill.ready;
+    } catch (error) {
+      if (error instanceof FillRefusedError) {
+        // Not the blob (401, 404, 429...): the client gets the upstream's answer as it was.
+        const { response } = error;
+        return { status: response.status, headers: response.headers as HeaderValues, body: response.body, source: 'upstream', cache: 'bypass' };
+      }
+      throw error;
+    }
+    return fromFill(request, digest, fill, 'miss');
+  };
+
+  const createFill = async (request: RegistryRequest, digest: Digest): Promise<BlobFill & { leader?: string }> => {
     const { target } = request;
     const client = upstreamFor(target.upstream.name);
     const writer = await driver.createWriter(contentKey('blob', digest));
@@ -143,7 +167,6 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
       },
     });
     fill.leader = leaderKey(request);
-    fills.set(digest.value, fill);
     stats.fills++;
     fill.done
       .then(
@@ -161,17 +184,7 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
       )
       .catch((error: unknown) => logger.error({ err: error }, 'recording a blob fill failed'))
       .finally(() => fills.delete(digest.value));
-    try {
-      await fill.ready;
-    } catch (error) {
-      if (error instanceof FillRefusedError) {
-        // Not the blob (401, 404, 429...): the client gets the upstream's answer as it was.
-        const { response } = error;
-        return { status: response.status, headers: response.headers as HeaderValues, body: response.body, source: 'upstream', cache: 'bypass' };
-      }
-      throw error;
-    }
-    return fromFill(request, digest, fill, 'miss');
+    return fill;
   };
 
   // ---- manifests -----------------------------------------------------------------------------
@@ -366,7 +379,7 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
     referrers: async (request, digest, query) => tagged(await passThrough.referrers(request, digest, query), 'bypass'),
     async close() {
       shutdown.abort(new Error('docxy is shutting down'));
-      await Promise.allSettled([...fills.values()].map((fill) => fill.done));
+      await Promise.allSettled([...fills.values()].map(async (fill) => (await fill).done));
     },
   };
 }
