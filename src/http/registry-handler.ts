@@ -3,7 +3,8 @@ import { RegistryError } from '../oci/errors.ts';
 import type { RegistryRequest } from '../proxy/registry-proxy.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
-import { rewriteChallengeRealm } from '../upstream/challenge.ts';
+import { formatChallenge, rewriteChallengeRealm } from '../upstream/challenge.ts';
+import { UpstreamError } from '../upstream/upstream-error.ts';
 import type { HttpContext, RequestLog } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { publicBase } from './public-base.ts';
@@ -38,7 +39,20 @@ export async function handleRegistry(
     const upstream = (ns !== undefined ? ctx.resolver.byName(ns) : undefined) ?? ctx.resolver.upstreamForHost(req.headers.host) ?? ctx.resolver.defaultUpstream;
     log.upstream = upstream.name;
     const client = ctx.upstream(upstream.name);
-    const response = await client.ping({ method: method!, headers: forwardedRequestHeaders(req), signal });
+    let response;
+    try {
+      response = await client.ping({ method: method!, headers: forwardedRequestHeaders(req), signal });
+    } catch (error) {
+      // With a cache, an unreachable upstream must not stop a pull at its first step: answer
+      // the challenge ourselves, so clients go on to the token endpoint and the cached content.
+      if (!ctx.cacheStats || !(error instanceof UpstreamError)) throw error;
+      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'upstream unreachable: answering the /v2/ challenge from docxy');
+      log.source = 'docxy';
+      const service = client.knownService() ?? upstream.name;
+      throw new RegistryError('UNAUTHORIZED', 'authentication required', {
+        headers: { 'www-authenticate': formatChallenge({ scheme: 'bearer', params: { realm: realmFor(upstream), service } }) },
+      });
+    }
     await sendProxyResponse(
       res,
       { status: response.status, headers: response.headers, body: response.body, source: 'upstream' },

@@ -51,16 +51,21 @@ export async function handleToken(
     sendJson(res, 200, docxyTokenResponse());
     return true;
   }
+  // While the upstream (or its token service) is away, clients still get a token: docxy's own,
+  // which reaches what every user of the mirror may read (cached public content).
+  const offline = (error: unknown): boolean => {
+    if (!(error instanceof UpstreamError) || (!ctx.cacheStats && clientLogin)) return false;
+    ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'token service unreachable: docxy token issued');
+    log.source = 'docxy';
+    sendJson(res, 200, docxyTokenResponse());
+    return true;
+  };
   let scheme: AuthScheme;
   try {
     scheme = await client.getAuthScheme();
   } catch (error) {
-    if (clientLogin) throw error;
-    // Anonymous clients can go on while the upstream is away (cached content, stale-if-error).
-    ctx.logger.warn({ upstream: upstream.name, err: (error as Error).message }, 'token service unreachable: anonymous docxy token issued');
-    log.source = 'docxy';
-    sendJson(res, 200, docxyTokenResponse());
-    return true;
+    if (offline(error)) return true;
+    throw error;
   }
   if (scheme.kind !== 'bearer') {
     // The upstream uses no bearer tokens (open, or Basic): clients proceed with docxy's token.
@@ -79,13 +84,18 @@ export async function handleToken(
   if (req.method === 'POST') {
     // OAuth2 form (containerd with credentials): scopes are space-separated in one field.
     if (scopes.length > 0) forwarded.set('scope', scopes.join(' '));
-    response = await client.request({
-      method: 'POST',
-      target: scheme.realm,
-      headers: { ...headers, 'content-type': 'application/x-www-form-urlencoded' },
-      body: forwarded.toString(),
-      signal,
-    });
+    try {
+      response = await client.request({
+        method: 'POST',
+        target: scheme.realm,
+        headers: { ...headers, 'content-type': 'application/x-www-form-urlencoded' },
+        body: forwarded.toString(),
+        signal,
+      });
+    } catch (error) {
+      if (offline(error)) return true;
+      throw error;
+    }
   } else {
     for (const scope of scopes) forwarded.append('scope', scope);
     const target = new URL(scheme.realm);
@@ -93,11 +103,8 @@ export async function handleToken(
     try {
       response = await client.request({ method: 'GET', target, headers, signal });
     } catch (error) {
-      if (clientLogin || !(error instanceof UpstreamError)) throw error;
-      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'token service unreachable: anonymous docxy token issued');
-      log.source = 'docxy';
-      sendJson(res, 200, docxyTokenResponse());
-      return true;
+      if (offline(error)) return true;
+      throw error;
     }
   }
   await sendProxyResponse(res, { status: response.status, headers: response.headers, body: response.body, source: 'upstream' }, log);

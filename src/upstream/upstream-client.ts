@@ -131,6 +131,12 @@ export class UpstreamClient {
     return this.authSchemeInFlight;
   }
 
+  /** The token service name the upstream last advertised, if any (even if that was long ago). */
+  knownService(): string | undefined {
+    const scheme = this.authScheme?.value;
+    return scheme?.kind === 'bearer' ? scheme.service : undefined;
+  }
+
   /** Sends `GET|HEAD /v2/` upstream, records the answer for readiness and learns the auth scheme. */
   async ping(options: { method?: 'GET' | 'HEAD'; headers?: HeaderValues; signal?: AbortSignal } = {}): Promise<UpstreamResponse> {
     const started = Date.now();

@@ -300,7 +300,7 @@ describe('upstream failures', () => {
   });
 
   test('an unreachable upstream is a 502 that names it', async () => {
-    const dead = await startDocxy({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } } });
+    const dead = await startDocxy({ cache: { enabled: false }, upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } } });
     try {
       const login = { authorization: `Basic ${Buffer.from('alice:wonderland').toString('base64')}` };
       for (const [path, headers] of [
@@ -315,6 +315,24 @@ describe('upstream failures', () => {
         assert.match(error?.message ?? '', /docker\.io/);
         assert.match(error?.message ?? '', /127\.0\.0\.1:9/);
       }
+    } finally {
+      await dead.close();
+    }
+  });
+
+  test('with the cache on, an unreachable upstream does not fail the challenge or the token step', async () => {
+    const dead = await startDocxy({ publicUrl: 'http://mirror.test', upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' } } });
+    try {
+      const ping = await http(`${dead.url}/v2/`);
+      assert.equal(ping.status, 401);
+      assert.equal(ping.headers['www-authenticate'], 'Bearer realm="http://mirror.test/auth/token",service="docker.io"');
+      const login = { authorization: `Basic ${Buffer.from('alice:wonderland').toString('base64')}` };
+      const token = await http(`${dead.url}/auth/token?scope=repository:library/x:pull&service=docker.io`, { headers: login });
+      assert.equal(token.status, 200);
+      assert.equal(jsonBody(token).token, 'docxy-anonymous');
+      const manifest = await http(`${dead.url}/v2/library/x/manifests/1`, { headers: { authorization: 'Bearer docxy-anonymous' } });
+      assert.equal(manifest.status, 502, 'nothing cached: the pull fails at the manifest, with a clear error');
+      assert.match(jsonBody<{ errors: Array<{ message: string }> }>(manifest).errors[0]?.message ?? '', /docker\.io .* unreachable/);
     } finally {
       await dead.close();
     }
