@@ -10,6 +10,7 @@ deps=(
   skopeo:skopeo
   podman:podman
   containerd:containerd
+  docker.io:dockerd
   nginx-light:nginx
   uidmap:newuidmap
   iproute2:ip

@@ -6,7 +6,7 @@ import { globSync } from 'node:fs';
 import { requireTools } from '../test/e2e/harness/tools.ts';
 
 /** Every program some end-to-end test runs. */
-const E2E_TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl'];
+const E2E_TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl', 'containerd', 'ctr', 'dockerd', 'docker'];
 
 const check = requireTools(E2E_TOOLS);
 const missing = check.ok ? [] : check.missing;

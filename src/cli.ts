@@ -1,7 +1,11 @@
 import { Command } from 'commander';
 import { createApp } from './app.ts';
 import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
+import { cacheUsage, listTags, prune, verify } from './cache/cache-admin.ts';
 import { ConfigError, loadConfig, type Config } from './config/load.ts';
+import { parseByteSize } from './config/schema.ts';
+import { createContentStore } from './storage/content-store.ts';
+import { createFsDriver } from './storage/fs-driver.ts';
 import { VERSION } from './version.ts';
 
 /** Loads the config or exits with every problem named; never a stack trace. */
@@ -85,7 +89,73 @@ export function buildCli(): Command {
       }
     });
 
+  const cache = program.command('cache').description('inspect and maintain the cache in dataDir').version(VERSION, '-V, --version');
+  const cacheCommand = (name: string, description: string) =>
+    cache.command(name).description(description).option('-c, --config <file>', 'YAML config file (its dataDir is the cache)').option('--json', 'machine-readable output').version(VERSION, '-V, --version');
+  const openCache = (file: string | undefined) => {
+    const config = configOrExit(file);
+    const driver = createFsDriver({ root: config.dataDir });
+    return { config, driver, store: createContentStore(driver) };
+  };
+  const print = (json: boolean | undefined, data: unknown, text: string) => process.stdout.write(json ? `${JSON.stringify(data, null, 2)}\n` : `${text}\n`);
+
+  cacheCommand('stats', 'count and size of cached blobs, manifests and tags').action(async (options: { config?: string; json?: boolean }) => {
+    const { config, driver, store } = openCache(options.config);
+    const usage = await cacheUsage(driver, store);
+    const total = usage.blobs.bytes + usage.manifests.bytes;
+    print(
+      options.json,
+      { dataDir: config.dataDir, maxSize: config.cache.maxSize, totalBytes: total, ...usage },
+      [
+        `dataDir    ${config.dataDir}`,
+        `blobs      ${usage.blobs.count} (${formatBytes(usage.blobs.bytes)})`,
+        `manifests  ${usage.manifests.count} (${formatBytes(usage.manifests.bytes)})`,
+        `tags       ${usage.tags}`,
+        `total      ${formatBytes(total)} of ${config.cache.maxSize > 0 ? formatBytes(config.cache.maxSize) : 'unlimited'}`,
+      ].join('\n'),
+    );
+  });
+
+  cacheCommand('ls', 'list cached tags and the digests they resolve to').action(async (options: { config?: string; json?: boolean }) => {
+    const { driver } = openCache(options.config);
+    const rows = await listTags(driver);
+    print(options.json, rows, rows.map((r) => `${r.name}  ${r.digest}  ${r.mediaType}  checked ${r.checkedAt}`).join('\n') || '(no cached tags)');
+  });
+
+  cacheCommand('prune', 'remove least recently used content down to a size (default: the configured maxSize)')
+    .option('--to <size>', 'target size, e.g. 10GiB (0 removes everything)')
+    .option('--all', 'remove all cached content')
+    .action(async (options: { config?: string; json?: boolean; to?: string; all?: boolean }) => {
+      const { config, store } = openCache(options.config);
+      const target = options.all ? 0 : options.to !== undefined ? parseByteSize(options.to) : config.cache.maxSize;
+      if (target === undefined) {
+        process.stderr.write(`docxy: --to expects a size such as 10GiB, got "${options.to}"\n`);
+        process.exit(2);
+      }
+      const result = await prune(store, target);
+      print(options.json, result, `removed ${result.removed} items (${formatBytes(result.removedBytes)}); ${formatBytes(result.totalBytes)} remain`);
+    });
+
+  cacheCommand('verify', 're-hash every stored blob and manifest; remove what does not match its digest').action(async (options: { config?: string; json?: boolean }) => {
+    const { store } = openCache(options.config);
+    const result = await verify(store);
+    const lines = [`checked ${result.checked} items (${formatBytes(result.bytes)}): ${result.corrupt.length} corrupt`];
+    for (const item of result.corrupt) lines.push(`removed ${item.kind} ${item.digest} (content hashes to ${item.actual})`);
+    print(options.json, result, lines.join('\n'));
+  });
+
   return program;
+}
+
+function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
 /** The effective config as plain data, with every secret masked. */
@@ -98,6 +168,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     tls: config.tls ? { cert: config.tls.certPath, key: config.tls.keyPath } : null,
     httpRedirect: config.httpRedirect ? config.httpRedirect.listen : null,
     trustedProxies: config.trustedProxyList,
+    cache: config.cache,
     defaultUpstream: config.defaultUpstream,
     upstreams: Object.fromEntries(
       [...config.upstreams.values()].map((u) => [

@@ -39,11 +39,15 @@ export function writeError(res: ServerResponse, error: unknown, logger: Logger):
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const payload = JSON.stringify(body);
-  res.writeHead(status, {
+  // setHeader (not writeHead's argument) so that the request log can read the length back.
+  for (const [name, value] of Object.entries({
     ...API_VERSION_HEADER,
     'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(payload),
+    'content-length': String(Buffer.byteLength(payload)),
     ...headers,
-  });
+  })) {
+    res.setHeader(name, value);
+  }
+  res.writeHead(status);
   res.end(res.req.method === 'HEAD' ? undefined : payload);
 }

@@ -401,3 +401,69 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+/** A small image to build with buildSmallImage: one seeded layer per platform. */
+export interface SmallImageSpec {
+  /** e.g. "owner/app" */
+  repo: string;
+  tag: string;
+  /** One platform: a single manifest; several: a manifest list. */
+  platforms: Platform[];
+  /** Anonymous users may not pull it (list `repo` among the token server's privateRepos). */
+  private?: boolean;
+  /** Bytes of seeded random data in each layer; default 64 KiB. */
+  layerBytes?: number;
+}
+
+let smallRoot: Promise<string> | undefined;
+
+/**
+ * Builds one small image (content seeded by repo, tag and platform, so every name gets its own
+ * digests) into a temp dir removed at exit. For seeding several registries with different images.
+ */
+export async function buildSmallImage(spec: SmallImageSpec): Promise<TestImage> {
+  smallRoot ??= makeTempDir('images-small');
+  const root = await smallRoot;
+  const layerBytes = spec.layerBytes ?? 64 * 1024;
+  const seed = (p: Platform): string =>
+    `${spec.repo}-${spec.tag}-${p.architecture}${p.variant ?? ''}`.replace(/[^a-zA-Z0-9.-]/g, '-');
+  return buildImage(
+    root,
+    spec.repo,
+    spec.tag,
+    spec.private ?? false,
+    spec.platforms.map((p) => ({ platform: p, layers: [smallLayer(seed(p), layerBytes)] })),
+  );
+}
+
+/**
+ * Pushes `images` to `registry` (as they were built: every digest preserved), under `as`
+ * ("repo:tag") instead of their own name when given; verifies the registry kept each digest.
+ */
+export async function pushImages(
+  registry: { host: string },
+  creds: Credentials,
+  images: ReadonlyArray<{ image: TestImage; as?: string }>,
+): Promise<void> {
+  const env = await createContainersEnv();
+  try {
+    await Promise.all(
+      images.map(async ({ image, as }, index) => {
+        const name = as ?? `${image.repo}:${image.tag}`;
+        const digestFile = join(env.dir, `push-${index}.digest`);
+        await env.skopeo(
+          ['copy', '--quiet', '--all', '--preserve-digests', '--dest-tls-verify=false',
+            '--dest-creds', `${creds.user}:${creds.password}`, '--digestfile', digestFile,
+            `dir:${image.dir}`, `docker://${registry.host}/${name}`],
+          120_000,
+        );
+        const pushed = (await readFile(digestFile, 'utf8')).trim();
+        if (pushed !== image.digest) {
+          throw new Error(`pushing ${name} changed its digest: built ${image.digest}, pushed ${pushed}`);
+        }
+      }),
+    );
+  } finally {
+    await env.stop();
+  }
+}
