@@ -61,24 +61,32 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
     // registered without awaiting anything: two requests can never both start a fill.
     let inFlight = fills.get(digest.value);
     if (!inFlight) {
-      const stat = await store.stat('blob', digest.value);
-      if (stat) {
-        const decision = await guard.check(request, 'blob', digest);
-        if (!decision.allowed) return decision.response;
-        void touch('blob', digest, stat.modifiedAt);
-        return storedBlob(request, digest, stat.size, decision.stale ? 'stale' : 'hit');
-      }
+      const stored = await fromStorage(request, digest);
+      if (stored) return stored;
       inFlight = fills.get(digest.value);
     }
     if (inFlight) {
       const fill = await inFlight.catch(() => undefined);
-      if (fill?.state === 'complete') return blob(request, digest); // just committed: from storage
-      const joined = fill ? await joinFill(request, digest, fill) : undefined;
+      if (fill?.state === 'complete') {
+        const stored = await fromStorage(request, digest); // just committed
+        if (stored) return stored;
+      }
+      const joined = fill && fill.state !== 'complete' ? await joinFill(request, digest, fill) : undefined;
       if (joined) return joined;
       if (request.method === 'HEAD' || fills.get(digest.value)) return tagged(await passThrough.blob(request, digest), 'bypass');
     }
     if (request.method === 'HEAD') return tagged(await passThrough.blob(request, digest), 'bypass');
     return startFill(request, digest);
+  };
+
+  /** A stored blob this client may read, or undefined when it is not stored. */
+  const fromStorage = async (request: RegistryRequest, digest: Digest): Promise<ProxyResponse | undefined> => {
+    const stat = await store.stat('blob', digest.value);
+    if (!stat) return undefined;
+    const decision = await guard.check(request, 'blob', digest);
+    if (!decision.allowed) return decision.response;
+    void touch('blob', digest, stat.modifiedAt);
+    return storedBlob(request, digest, stat.size, decision.stale ? 'stale' : 'hit');
   };
 
   const storedBlob = async (request: RegistryRequest, digest: Digest, size: number, outcome: 'hit' | 'stale'): Promise<ProxyResponse> => {

@@ -21,8 +21,12 @@ export function createRequestHandler(ctx: HttpContext) {
     const started = performance.now();
     const log: RequestLog = { bytes: 0 };
     const controller = new AbortController();
-    res.on('close', () => {
-      if (!res.writableFinished) controller.abort(new Error('client closed the connection'));
+    let logged = false;
+    // A complete answer is logged as soon as its last byte is handed to the socket ('finish');
+    // one cut short, when its connection closes.
+    const writeLog = () => {
+      if (logged) return;
+      logged = true;
       const fields = {
         method: req.method,
         path: safePath(req.url),
@@ -40,6 +44,11 @@ export function createRequestHandler(ctx: HttpContext) {
       }
       if (res.writableFinished) ctx.logger.info(fields, 'request');
       else ctx.logger.warn(fields, 'request');
+    };
+    res.on('finish', writeLog);
+    res.on('close', () => {
+      if (!res.writableFinished) controller.abort(new Error('client closed the connection'));
+      writeLog();
     });
     dispatch(ctx, req, res, log, controller.signal).catch((error: unknown) => {
       log.error = (error as Error)?.message ?? String(error);
