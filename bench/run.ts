@@ -1,0 +1,379 @@
+// `npm run bench`: docxy against a local CNCF Distribution, everything on 127.0.0.1.
+//
+//   1. upstream: docker-registry with a pushed 1 GiB layer, a config blob and a schema2 manifest
+//   2. docxy as child processes pointing at it, in each mode: cache off (pass-through), cache on
+//      and empty (a miss: fetched upstream while streaming), cache on and filled (a hit); and
+//      nginx as a reference proxy, if installed
+//   3. blob GET throughput of each target vs the registry itself (curl to /dev/null, cycled, median)
+//   4. docxy's peak RSS during the blob runs (VmRSS every 100 ms, and VmHWM)
+//   5. manifest load with wrk (HEAD if wrk can, else GET), and sequential HEAD latency
+//   6. a table on stdout and bench/results/latest.json
+//
+// Everything started is stopped by pid and every temp file removed, also on failure and Ctrl-C.
+// For a quick try: DOCXY_BENCH_BLOB_MIB=64 DOCXY_BENCH_WRK_SECONDS=2 npm run bench
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { writeRandomBlob } from './blob-file.ts';
+import { runBlobBenchmark, sha256OfDownload, type BlobTarget } from './blob-throughput.ts';
+import { versionOf } from './child-process.ts';
+import { Cleanup } from './cleanup.ts';
+import { CpuMeter, waitForQuietMachine } from './cpu-meter.ts';
+import { cacheOutcomes, outcomeBetween, projectNode, REPO_ROOT, startDocxy, type Docxy } from './docxy-process.ts';
+import { measureHeadLatency, type HeadLatency } from './head-latency.ts';
+import { http } from './net.ts';
+import { startNginxReference } from './nginx-reference.ts';
+import {
+  DOCXY_MODES,
+  formatReport,
+  TARGETS,
+  type BenchResults,
+  type DocxyMode,
+  type LoadRun,
+  type MachineInfo,
+  type ManifestCheck,
+  type MemoryResult,
+  type Verification,
+} from './report.ts';
+import { peakOf, readMemory, RssSampler, type RssSummary } from './rss-sampler.ts';
+import { pushImage, SCHEMA2_MANIFEST, startUpstream } from './upstream.ts';
+import { runWrk, type WrkOptions } from './wrk.ts';
+
+const BLOB_BYTES = positiveEnv('DOCXY_BENCH_BLOB_MIB', 1024) * 2 ** 20;
+const WRK_SECONDS = positiveEnv('DOCXY_BENCH_WRK_SECONDS', 10);
+const RUNS_PER_TARGET = 3;
+const HEAD_SAMPLES = 500;
+const BLOB_RUN_TIMEOUT_MS = 120_000;
+/** Other work on the machine above this many cores makes the numbers unreliable. */
+const QUIET_THRESHOLD_CORES = 0.25;
+const QUIET_MAX_WAIT_MS = 30_000;
+const OVERALL_TIMEOUT_MS = 8 * 60_000;
+const REPOSITORY = 'bench/big';
+const TAG = '1';
+const RESULTS_DIR = join(REPO_ROOT, 'bench', 'results');
+
+const cleanup = new Cleanup();
+
+function progress(message: string): void {
+  process.stderr.write(`bench: ${message}\n`);
+}
+
+async function benchmark(): Promise<BenchResults> {
+  const startedAt = new Date();
+  const tmp = await mkdtemp(join(tmpdir(), 'docxy-bench-'));
+  cleanup.dir(tmp);
+  const machine = await machineInfo();
+  const warnings: string[] = [];
+
+  progress('starting docker-registry');
+  const upstream = await startUpstream(join(tmp, 'registry'), cleanup);
+
+  progress(`writing a ${BLOB_BYTES / 2 ** 20} MiB random blob`);
+  let t = performance.now();
+  const blobFile = await writeRandomBlob(join(tmp, 'blob.bin'), BLOB_BYTES);
+  const generateS = (performance.now() - t) / 1000;
+  progress(`pushing ${REPOSITORY}:${TAG} (${blobFile.digest})`);
+  t = performance.now();
+  const image = await pushImage(upstream.url, REPOSITORY, TAG, blobFile);
+  const pushS = (performance.now() - t) / 1000;
+  await rm(blobFile.path); // the registry has its copy; no need to keep it twice
+
+  progress('starting docxy (cache off, and cache on) and the reference proxy');
+  const pass = await startDocxy(join(tmp, 'docxy-pass'), upstream.url, cleanup, { label: 'docxy-pass', cache: false });
+  const cached = await startDocxy(join(tmp, 'docxy-cache'), upstream.url, cleanup, { label: 'docxy-cache', cache: true });
+  const nginx = machine.tools.nginx !== undefined ? await startNginxReference(join(tmp, 'nginx'), upstream.url, cleanup) : undefined;
+  if (!nginx) warnings.push('nginx is not installed: no reference proxy');
+  const idle = { pass: readMemory(pass.service.pid).rssMiB, cached: readMemory(cached.service.pid).rssMiB };
+  const ourPids = () => ({
+    registry: upstream.service.pid,
+    pass: pass.service.pid,
+    cached: cached.service.pid,
+    ...(nginx ? { nginx: nginx.service.pid } : {}),
+  });
+  const quiet = async (phase: string) => {
+    const state = await waitForQuietMachine(ourPids(), QUIET_THRESHOLD_CORES, QUIET_MAX_WAIT_MS);
+    if (!state.quiet) {
+      const warning = `other processes used ${(state.otherCores * 100).toFixed(0)}% CPU before the ${phase} (waited ${QUIET_MAX_WAIT_MS / 1000} s): numbers are noisy`;
+      warnings.push(warning);
+      progress(warning);
+    }
+    return state;
+  };
+
+  // --- the bytes are right, through every docxy mode (untimed) ---
+  const blobPath = `/v2/${REPOSITORY}/blobs/${image.layer.digest}`;
+  const verify = async (mode: DocxyMode, docxy: Docxy): Promise<Verification> => {
+    progress(`verifying the blob through ${mode} (sha256)`);
+    const before = await cacheOutcomes(docxy.url);
+    const got = await sha256OfDownload(`${docxy.url}${blobPath}`, BLOB_RUN_TIMEOUT_MS);
+    const outcome = outcomeBetween(before, await cacheOutcomes(docxy.url));
+    return { mode, ...got, ok: got.digest === image.layer.digest && got.bytes === image.layer.size, ...(outcome ? { cacheOutcome: outcome } : {}) };
+  };
+  // The first GET through the cache-on instance is a miss that fills it; the second, a hit.
+  const verified = [await verify('docxy-pass', pass), await verify('docxy-miss', cached), await verify('docxy-hit', cached)];
+
+  // --- blob throughput; docxy's memory sampled in every mode ---
+  const passRss = new RssSampler(pass.service.pid, 100);
+  const hitRss = new RssSampler(cached.service.pid, 100);
+  const missRss: RssSummary[] = [];
+  const missIdle: number[] = [];
+  let missInstance: { docxy: Docxy; rss: RssSampler; before: Record<string, number> | undefined } | undefined;
+  let hitBefore: Record<string, number> | undefined;
+  let missCount = 0;
+  const targets: BlobTarget[] = [
+    { name: 'direct', open: async () => ({ url: `${upstream.url}${blobPath}` }) },
+    { name: 'docxy-pass', open: async () => ({ url: `${pass.url}${blobPath}`, proxyPid: pass.service.pid }) },
+    {
+      // A fresh docxy with an empty cache for every run, so that every run is a miss.
+      name: 'docxy-miss',
+      open: async () => {
+        const docxy = await startDocxy(join(tmp, `docxy-miss-${++missCount}`), upstream.url, cleanup, { label: `docxy-miss-${missCount}`, cache: true });
+        missIdle.push(readMemory(docxy.service.pid).rssMiB);
+        missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
+        return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
+      },
+      close: async () => {
+        const instance = missInstance!;
+        missInstance = undefined;
+        const outcome = outcomeBetween(instance.before, await cacheOutcomes(instance.docxy.url));
+        missRss.push(instance.rss.stop());
+        await instance.docxy.stop();
+        return outcome ? { cacheOutcome: outcome } : {};
+      },
+    },
+    {
+      name: 'docxy-hit',
+      open: async () => {
+        hitBefore = await cacheOutcomes(cached.url);
+        return { url: `${cached.url}${blobPath}`, proxyPid: cached.service.pid };
+      },
+      close: async () => {
+        const outcome = outcomeBetween(hitBefore, await cacheOutcomes(cached.url));
+        return outcome ? { cacheOutcome: outcome } : {};
+      },
+    },
+    ...(nginx ? [{ name: 'nginx', open: async () => ({ url: `${nginx.url}${blobPath}`, proxyPid: nginx.service.pid }) }] : []),
+  ];
+  const quietBeforeBlob = await quiet('blob runs');
+  progress(`blob runs: ${RUNS_PER_TARGET} x (${targets.map((x) => x.name).join(', ')})`);
+  let blobRuns;
+  try {
+    blobRuns = await runBlobBenchmark({
+      targets,
+      size: image.layer.size,
+      runsPerTarget: RUNS_PER_TARGET,
+      registryPid: upstream.service.pid,
+      timeoutMs: BLOB_RUN_TIMEOUT_MS,
+      onRun: (run) =>
+        progress(`  ${run.target} #${run.run}: ${run.mibPerS.toFixed(0)} MiB/s in ${run.seconds.toFixed(2)} s${run.cacheOutcome ? ` (${run.cacheOutcome})` : ''}`),
+    });
+  } finally {
+    passRss.cancel();
+    hitRss.cancel();
+    missInstance?.rss.cancel();
+  }
+  const memory: Record<DocxyMode, MemoryResult> = {
+    'docxy-pass': { idleMiB: idle.pass, blobRuns: passRss.stop() },
+    'docxy-miss': { idleMiB: Math.max(...missIdle), blobRuns: worst(missRss) },
+    'docxy-hit': { idleMiB: idle.cached, blobRuns: hitRss.stop() },
+  };
+  const ratios: Record<string, number> = {};
+  for (const [target, mibps] of Object.entries(blobRuns.medianMiBps)) if (target !== 'direct') ratios[target] = mibps / blobRuns.medianMiBps.direct!;
+  for (const run of blobRuns.runs) {
+    const expected = run.target === 'docxy-miss' ? 'miss' : run.target === 'docxy-hit' ? 'hit' : undefined;
+    if (expected && run.cacheOutcome !== undefined && run.cacheOutcome !== expected) {
+      warnings.push(`${run.target} run ${run.run} was served as "${run.cacheOutcome}", not "${expected}"`);
+    }
+  }
+
+  // --- manifest: correctness of HEAD, sequential HEAD latency, then load ---
+  const manifestPath = `/v2/${REPOSITORY}/manifests/${TAG}`;
+  const manifestTargets: { name: string; url: string; proxyPid?: number; docxyPid?: number }[] = [
+    { name: 'direct', url: `${upstream.url}${manifestPath}` },
+    { name: 'docxy-pass', url: `${pass.url}${manifestPath}`, proxyPid: pass.service.pid, docxyPid: pass.service.pid },
+    { name: 'docxy-cache', url: `${cached.url}${manifestPath}`, proxyPid: cached.service.pid, docxyPid: cached.service.pid },
+    ...(nginx ? [{ name: 'nginx', url: `${nginx.url}${manifestPath}`, proxyPid: nginx.service.pid }] : []),
+  ];
+  const expected: ManifestCheck = { status: 200, contentLength: String(image.manifestSize), dockerContentDigest: image.manifestDigest };
+  const check: Record<string, ManifestCheck> = {};
+  for (const target of manifestTargets.filter((x) => x.name !== 'nginx')) {
+    check[target.name] = await headManifest(target.url);
+    if (JSON.stringify(check[target.name]) !== JSON.stringify(expected)) {
+      throw new Error(`manifest HEAD (${target.name}) answered ${JSON.stringify(check[target.name])}, expected ${JSON.stringify(expected)}`);
+    }
+  }
+  const quietBeforeLoad = await quiet('manifest load');
+  progress('sequential HEAD latency');
+  const headLatency: Record<string, HeadLatency> = {};
+  for (const target of manifestTargets.filter((x) => x.name !== 'nginx')) {
+    headLatency[target.name] = await measureHeadLatency(target.url, { accept: SCHEMA2_MANIFEST }, HEAD_SAMPLES, 30_000);
+  }
+
+  const wrkBase: Omit<WrkOptions, 'url'> = {
+    method: 'HEAD',
+    headers: { Accept: SCHEMA2_MANIFEST },
+    threads: 2,
+    connections: 32,
+    durationS: WRK_SECONDS,
+    dir: tmp,
+  };
+  // wrk 4.1 waits for the body a HEAD answer's Content-Length announces, so HEAD load may hang
+  // with zero completed requests. A one-second probe decides; the fallback is GET, and says so.
+  const probe = await runWrk({ ...wrkBase, url: manifestTargets[0]!.url, threads: 1, connections: 1, durationS: 1 }, 'probe');
+  let note: string | undefined;
+  if (probe.requests === 0) {
+    note = 'wrk cannot load HEAD (0 requests in a 1 s probe: it waits for the body Content-Length announces), so the load is GET';
+    progress(note);
+    wrkBase.method = 'GET';
+  }
+  const load: LoadRun[] = [];
+  for (const target of manifestTargets) {
+    progress(`wrk ${wrkBase.method} ${WRK_SECONDS} s ${target.name}`);
+    const meter = new CpuMeter({ registry: upstream.service.pid, ...(target.proxyPid !== undefined ? { proxy: target.proxyPid } : {}) });
+    const rss = target.docxyPid !== undefined ? new RssSampler(target.docxyPid, 100) : undefined;
+    let result;
+    try {
+      result = await runWrk({ ...wrkBase, url: target.url }, target.name);
+    } finally {
+      rss?.cancel();
+    }
+    const use = meter.stop();
+    load.push({
+      target: target.name,
+      ...result,
+      cpu: { ...(use.processes.proxy !== undefined ? { proxy: use.processes.proxy } : {}), registry: use.processes.registry!, client: use.client, other: use.other },
+      ...(rss ? { docxyRss: rss.stop() } : {}),
+    });
+  }
+
+  // --- verdicts ---
+  const problems: string[] = [];
+  for (const v of verified) if (!v.ok) problems.push(`bytes through ${v.mode} hash to ${v.digest} (${v.bytes} bytes), expected ${image.layer.digest}`);
+  for (const mode of Object.keys(DOCXY_MODES) as DocxyMode[]) {
+    const ratio = ratios[mode]!;
+    if (ratio < TARGETS.throughputRatio) problems.push(`${mode}: blob throughput ${ratio.toFixed(2)} of direct (target >= ${TARGETS.throughputRatio})`);
+    const peak = peakOf(memory[mode].blobRuns);
+    if (peak >= TARGETS.peakRssMiB) problems.push(`${mode}: peak RSS ${peak.toFixed(1)} MiB during blob runs (target < ${TARGETS.peakRssMiB} MiB)`);
+  }
+  for (const run of load) {
+    const errors = run.errors.connect + run.errors.read + run.errors.write + run.errors.timeout + run.errors.status;
+    if (errors > 0) problems.push(`wrk ${run.target}: ${errors} errors ${JSON.stringify(run.errors)}`);
+  }
+  const noisy = [...blobRuns.runs.map((r) => r.cpu.other), ...load.map((r) => r.cpu.other)].filter((other) => other > QUIET_THRESHOLD_CORES);
+  if (noisy.length > 0) warnings.push(`${noisy.length} measurement(s) ran while other processes used > ${QUIET_THRESHOLD_CORES * 100}% CPU (see the "other" columns)`);
+
+  const finishedAt = new Date();
+  return {
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    durationS: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    machine,
+    modes: DOCXY_MODES,
+    quiet: { beforeBlob: quietBeforeBlob, beforeLoad: quietBeforeLoad, thresholdCores: QUIET_THRESHOLD_CORES },
+    reference: nginx?.description ?? null,
+    blob: {
+      ...blobRuns,
+      sizeBytes: image.layer.size,
+      digest: image.layer.digest,
+      client: 'curl -o /dev/null',
+      runsPerTarget: RUNS_PER_TARGET,
+      setupS: { generate: generateS, push: pushS },
+      verified,
+      ratios,
+      target: TARGETS.throughputRatio,
+    },
+    memory: { modes: memory, target: TARGETS.peakRssMiB },
+    manifest: { method: wrkBase.method, accept: SCHEMA2_MANIFEST, ...(note ? { note } : {}), check, load, headLatency },
+    problems,
+    warnings,
+  };
+}
+
+/** The summary with the highest peak. */
+function worst(summaries: RssSummary[]): RssSummary {
+  return summaries.reduce((a, b) => (peakOf(b) > peakOf(a) ? b : a));
+}
+
+async function headManifest(url: string): Promise<ManifestCheck> {
+  const res = await http(url, { method: 'HEAD', headers: { accept: SCHEMA2_MANIFEST }, timeoutMs: 10_000 });
+  const check: ManifestCheck = { status: res.status };
+  if (typeof res.headers['content-length'] === 'string') check.contentLength = res.headers['content-length'];
+  const digest = res.headers['docker-content-digest'];
+  if (typeof digest === 'string') check.dockerContentDigest = digest;
+  return check;
+}
+
+async function machineInfo(): Promise<MachineInfo> {
+  const git = (args: string[]): string | undefined => {
+    try {
+      return execFileSync('git', ['-C', REPO_ROOT, ...args], { encoding: 'utf8', timeout: 5_000, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const commit = git(['rev-parse', 'HEAD']);
+  const status = git(['status', '--porcelain', '--', 'src', 'bin', 'package.json', 'package-lock.json']);
+  const info: MachineInfo = {
+    nproc: availableParallelism(),
+    cpuModel: cpus()[0]?.model.trim() ?? 'unknown',
+    memTotalGiB: totalmem() / 2 ** 30,
+    kernel: release(),
+    loadAverageAtStart: loadavg().map((n) => Math.round(n * 100) / 100),
+    node: (await versionOf(projectNode(), ['--version'])) ?? 'unknown',
+    tools: {
+      registry: await versionOf('docker-registry', ['--version']),
+      wrk: (await versionOf('wrk', ['--version']))?.replace(/\s+Copyright.*$/, ''),
+      curl: (await versionOf('curl', ['--version']))?.split(' ').slice(0, 2).join(' '),
+      nginx: (await versionOf('nginx', ['-v']))?.replace(/^nginx version: /, ''),
+    },
+  };
+  if (commit) info.docxyCommit = commit;
+  if (status !== undefined) info.docxyDirty = status !== '';
+  return info;
+}
+
+function positiveEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+async function main(): Promise<void> {
+  let exiting = false;
+  const abort = (reason: string, code: number) => {
+    if (exiting) {
+      cleanup.runSync();
+      process.exit(code);
+    }
+    exiting = true;
+    progress(`${reason}; cleaning up`);
+    void cleanup.run().finally(() => process.exit(code));
+  };
+  process.on('SIGINT', () => abort('interrupted', 130));
+  process.on('SIGTERM', () => abort('terminated', 143));
+  process.on('exit', () => cleanup.runSync());
+  const watchdog = setTimeout(() => abort(`no result after ${OVERALL_TIMEOUT_MS / 1000} s`, 1), OVERALL_TIMEOUT_MS);
+  watchdog.unref();
+
+  try {
+    const results = await benchmark();
+    await mkdir(RESULTS_DIR, { recursive: true });
+    const file = join(RESULTS_DIR, 'latest.json');
+    await writeFile(file, `${JSON.stringify(results, null, 2)}\n`);
+    process.stdout.write(formatReport(results));
+    process.stdout.write(`Results: ${file}\n`);
+  } catch (error) {
+    // After a signal the services are being stopped under the benchmark's feet; that is no failure.
+    if (exiting) return;
+    process.stderr.write(`bench: failed: ${(error as Error).stack ?? String(error)}\n`);
+    process.exitCode = 1;
+  } finally {
+    clearTimeout(watchdog);
+    await cleanup.run();
+  }
+}
+
+await main();
