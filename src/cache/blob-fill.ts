@@ -79,6 +79,7 @@ export class BlobFill extends EventEmitter {
   private spoolPath: string | undefined;
   private handleUsers = 1; // the fill itself
   private accepted = 0; // bytes handed to the writer (all of them reach the file)
+  private readonly readers = new Set<FillReader>();
 
   constructor(options: BlobFillOptions) {
     super();
@@ -120,6 +121,7 @@ export class BlobFill extends EventEmitter {
         this.error ??= error;
         this.controller.abort(error);
         this.emit('progress');
+        this.wake();
       });
       this.state = 'filling';
       markReady();
@@ -148,12 +150,14 @@ export class BlobFill extends EventEmitter {
       await writer.commit();
       this.state = 'complete';
       this.emit('progress');
+      this.wake();
     } catch (error) {
       this.state = 'failed';
       this.error = error as Error;
       failReady(error as Error);
       await writer.abort().catch(() => undefined);
       this.emit('progress');
+      this.wake();
       throw error;
     } finally {
       this.releaseHandle();
@@ -190,10 +194,12 @@ export class BlobFill extends EventEmitter {
         this.hash.update(chunk);
         this.accepted += chunk.length;
         this.upstreamBytes += chunk.length;
+        this.deliver(chunk, this.accepted - chunk.length);
         const more = stream.write(chunk, (error) => {
           if (error) return;
           this.written += chunk.length;
           this.emit('progress');
+          this.wake();
         });
         if (more) callback();
         else stream.once('drain', () => callback());
@@ -210,51 +216,31 @@ export class BlobFill extends EventEmitter {
     }
   }
 
-  /** A stream of the blob's bytes `[start, end]` as they arrive. Errors if the fill fails. */
+  /**
+   * A stream of the blob's bytes `[start, end]` as they arrive; it fails if the fill fails. A
+   * reader that keeps up gets each chunk handed over as it arrives from upstream; one that falls
+   * behind follows the file. The blob's last byte is held back until the digest is verified, so
+   * a client can never take a blob that turns out wrong for a complete one.
+   */
   createReader(range: { start: number; end?: number } = { start: 0 }): Readable {
     if (!this.handle || this.state === 'failed') throw this.error ?? new Error('blob fill is not streaming');
-    const handle = this.handle;
     this.handleUsers++;
-    let position = range.start;
-    let released = false;
-    const release = () => {
-      if (!released) {
-        released = true;
-        this.releaseHandle();
-      }
-    };
-    const fill = this;
-    return new Readable({
-      highWaterMark: READ_CHUNK,
-      async read() {
-        try {
-          for (;;) {
-            const last = range.end ?? (fill.size !== undefined ? fill.size - 1 : Infinity);
-            if (position > last || (fill.state === 'complete' && position >= fill.written)) {
-              this.push(null);
-              return;
-            }
-            if (fill.state === 'failed') throw fill.error ?? new Error('blob fill failed');
-            const available = Math.min(fill.written, last + 1) - position;
-            if (available > 0) {
-              const buffer = Buffer.allocUnsafe(Math.min(available, READ_CHUNK));
-              const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
-              if (bytesRead === 0) throw new Error('cache file shrank while being read');
-              position += bytesRead;
-              this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead));
-              return;
-            }
-            await once(fill, 'progress');
-          }
-        } catch (error) {
-          this.destroy(error as Error);
-        }
-      },
-      destroy(error, callback) {
-        release();
-        callback(error);
-      },
-    }).once('end', release);
+    const reader = new FillReader(this, this.handle, range, () => {
+      this.readers.delete(reader);
+      this.releaseHandle();
+    });
+    this.readers.add(reader);
+    return reader;
+  }
+
+  /** Hands a chunk just accepted at `offset` to every reader waiting exactly there. */
+  private deliver(chunk: Buffer, offset: number): void {
+    for (const reader of this.readers) reader.offer(chunk, offset);
+  }
+
+  /** Wakes readers after bytes reached the file or the fill ended. */
+  private wake(): void {
+    for (const reader of this.readers) reader.wake();
   }
 
   /** Stops the fill (docxy shutting down). */
@@ -289,5 +275,114 @@ async function* skipBytes(source: AsyncIterable<Buffer>, count: number): AsyncGe
     }
     yield remaining > 0 ? chunk.subarray(remaining) : chunk;
     remaining = 0;
+  }
+}
+
+/** One client's view of a fill: live chunks while it keeps up, the file when it does not. */
+class FillReader extends Readable {
+  private readonly fill: BlobFill;
+  private readonly handle: FileHandle;
+  private readonly end: number | undefined;
+  private position: number;
+  /** Caught up and waiting: the next chunk at `position` may be handed over directly. */
+  private waiting = false;
+  private pumping = false;
+  private pumpAgain = false;
+  private readonly onDone: () => void;
+  private done = false;
+
+  constructor(fill: BlobFill, handle: FileHandle, range: { start: number; end?: number }, onDone: () => void) {
+    super({ highWaterMark: READ_CHUNK });
+    this.fill = fill;
+    this.handle = handle;
+    this.position = range.start;
+    this.end = range.end;
+    this.onDone = onDone;
+    this.once('end', () => this.finish());
+  }
+
+  /** Last byte (inclusive) this reader wants. */
+  private last(): number {
+    return this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity);
+  }
+
+  /** First byte it may not deliver yet: the blob's final byte waits for verification. */
+  private limit(): number {
+    const last = this.last();
+    if (this.fill.state === 'complete') return Math.min(last + 1, this.fill.size ?? Infinity);
+    const toEnd = this.fill.size === undefined || last >= this.fill.size - 1;
+    return toEnd ? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity) : last + 1;
+  }
+
+  offer(chunk: Buffer, offset: number): void {
+    if (!this.waiting || offset !== this.position || offset + chunk.length > this.limit()) return;
+    this.position += chunk.length;
+    if (!this.push(chunk)) this.waiting = false; // full: it will ask again (and read the file)
+  }
+
+  wake(): void {
+    if (this.waiting || this.fill.state !== 'filling') {
+      this.waiting = false;
+      this.pump();
+    }
+  }
+
+  override _read(): void {
+    this.waiting = false;
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.done) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    this.step()
+      .catch((error: unknown) => this.destroy(error as Error))
+      .finally(() => {
+        this.pumping = false;
+        if (this.pumpAgain) {
+          this.pumpAgain = false;
+          this.pump();
+        }
+      });
+  }
+
+  /** Delivers what the file holds for this reader, or ends, fails, or waits for more. */
+  private async step(): Promise<void> {
+    for (;;) {
+      const fill = this.fill;
+      if (fill.state === 'failed') throw fill.error ?? new Error('blob fill failed');
+      const last = this.last();
+      if (this.position > last || (fill.state === 'complete' && this.position >= fill.written)) {
+        this.push(null);
+        return;
+      }
+      const available = Math.min(fill.written, this.limit()) - this.position;
+      if (available <= 0) {
+        this.waiting = true;
+        return;
+      }
+      const buffer = Buffer.allocUnsafe(Math.min(available, READ_CHUNK));
+      const { bytesRead } = await this.handle.read(buffer, 0, buffer.length, this.position);
+      if (bytesRead === 0) throw new Error('cache file shrank while being read');
+      if (this.done) return;
+      this.position += bytesRead;
+      if (!this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))) return;
+    }
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.finish();
+    callback(error);
+  }
+
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
+    this.waiting = false;
+    this.onDone();
   }
 }
