@@ -2,6 +2,7 @@ import type { Hash } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDigestHash, parseDigest, type Digest } from '../oci/digest.ts';
+import { CommitGate } from './commit-gate.ts';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './storage-driver.ts';
 
 export type ContentKind = 'blob' | 'manifest';
@@ -140,8 +141,6 @@ export class DigestMismatchError extends Error {
   }
 }
 
-type WriterState = 'open' | 'committing' | 'committed' | 'aborted';
-
 export class VerifiedWriter {
   /** Where the bytes go: hashes and counts, then forwards to the driver with backpressure. */
   readonly stream: Writable;
@@ -155,9 +154,10 @@ export class VerifiedWriter {
   readonly #piped: Promise<void>;
   #written = 0;
   #actualHex: string | undefined;
-  #state: WriterState = 'open';
-  #committing: Promise<void> | undefined;
-  #aborting: Promise<void> | undefined;
+  readonly #gate = new CommitGate(
+    () => this.#commit(),
+    () => this.#abort(),
+  );
 
   constructor(
     driver: StorageDriver,
@@ -204,40 +204,26 @@ export class VerifiedWriter {
    * otherwise discards it and rejects (with DigestMismatchError on a mismatch).
    */
   commit(): Promise<void> {
-    if (!this.#committing && this.#state === 'aborted') return Promise.reject(new Error('verified write was aborted'));
-    this.#committing ??= this.#commit();
-    return this.#committing;
+    return this.#gate.commit();
   }
 
   async #commit(): Promise<void> {
-    this.#state = 'committing';
-    try {
-      if (!this.stream.writableEnded) this.stream.end();
-      await this.#piped;
-      const actual = `${this.digest.algorithm}:${this.#actualHex}`;
-      if (actual !== this.digest.value || (this.expectedSize !== undefined && this.#written !== this.expectedSize)) {
-        throw this.#mismatch(actual);
-      }
-      if (this.#sidecar) await this.#driver.writeAll(this.#sidecar.key, this.#sidecar.data);
-      await this.#inner.commit();
-    } catch (error) {
-      this.#aborting ??= this.#abort();
-      await this.#aborting;
-      throw error;
+    if (!this.stream.writableEnded) this.stream.end();
+    await this.#piped;
+    const actual = `${this.digest.algorithm}:${this.#actualHex}`;
+    if (actual !== this.digest.value || (this.expectedSize !== undefined && this.#written !== this.expectedSize)) {
+      throw this.#mismatch(actual);
     }
-    this.#state = 'committed';
+    if (this.#sidecar) await this.#driver.writeAll(this.#sidecar.key, this.#sidecar.data);
+    await this.#inner.commit();
   }
 
   /** Discards the content; safe to call more than once; after commit() it only waits for it. */
   abort(): Promise<void> {
-    // Once a commit started, its outcome stands: wait for it (a failed commit aborted already).
-    if (this.#committing) return this.#committing.then(noop, noop);
-    this.#aborting ??= this.#abort();
-    return this.#aborting;
+    return this.#gate.abort();
   }
 
   async #abort(): Promise<void> {
-    this.#state = 'aborted';
     this.stream.destroy();
     await this.#inner.abort();
   }
@@ -283,4 +269,3 @@ function requireDigest(digest: string): Digest {
   return parsed;
 }
 
-function noop(): void {}

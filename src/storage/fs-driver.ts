@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { CommitGate } from './commit-gate.ts';
 import type { Dir, WriteStream } from 'node:fs';
 import { mkdir, open, opendir, readdir, readFile, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -189,8 +190,6 @@ export class FsDriver implements StorageDriver {
   }
 }
 
-type WriterState = 'open' | 'committing' | 'committed' | 'aborted';
-
 class FsWriter implements StorageWriter {
   readonly stream: WriteStream;
   /**
@@ -203,9 +202,10 @@ class FsWriter implements StorageWriter {
   readonly #tmp: string;
   readonly #target: string;
   readonly #release: () => void;
-  #state: WriterState = 'open';
-  #committing: Promise<void> | undefined;
-  #aborting: Promise<void> | undefined;
+  readonly #gate = new CommitGate(
+    () => this.#commit(),
+    () => this.#abort(),
+  );
 
   constructor(handle: FileHandle, tmp: string, target: string, release: () => void) {
     this.#handle = handle;
@@ -217,7 +217,7 @@ class FsWriter implements StorageWriter {
     this.stream = handle.createWriteStream({ autoClose: false, highWaterMark: WRITE_HIGH_WATER_MARK });
     // Destroyed before commit (a failed pipeline, say): nobody will commit, remove the temp file.
     this.stream.once('close', () => {
-      if (this.#state === 'open') this.abort().catch(() => {});
+      if (this.#gate.state === 'open') this.abort().catch(() => {});
     });
   }
 
@@ -227,42 +227,28 @@ class FsWriter implements StorageWriter {
   }
 
   commit(): Promise<void> {
-    if (!this.#committing && this.#state === 'aborted') return Promise.reject(new Error('storage write was aborted'));
-    this.#committing ??= this.#commit();
-    return this.#committing;
+    return this.#gate.commit();
   }
 
   async #commit(): Promise<void> {
-    this.#state = 'committing';
-    try {
-      if (!this.stream.writableEnded) this.stream.end();
-      await finished(this.stream);
-      await this.#handle.sync();
-      // The stream holds a reference on the handle: the handle closes once the stream lets go.
-      this.stream.destroy();
-      await this.#handle.close();
-      const dir = dirname(this.#target);
-      await mkdir(dir, { recursive: true });
-      await rename(this.#tmp, this.#target);
-    } catch (error) {
-      this.#aborting ??= this.#abort();
-      await this.#aborting;
-      throw error;
-    }
-    this.#state = 'committed';
+    if (!this.stream.writableEnded) this.stream.end();
+    await finished(this.stream);
+    await this.#handle.sync();
+    // The stream holds a reference on the handle: the handle closes once the stream lets go.
+    this.stream.destroy();
+    await this.#handle.close();
+    const dir = dirname(this.#target);
+    await mkdir(dir, { recursive: true });
+    await rename(this.#tmp, this.#target);
     this.#release();
-    await syncDirectory(dirname(this.#target));
+    await syncDirectory(dir);
   }
 
   abort(): Promise<void> {
-    // Once a commit started, its outcome stands: wait for it (a failed commit aborted already).
-    if (this.#committing) return this.#committing.then(noop, noop);
-    this.#aborting ??= this.#abort();
-    return this.#aborting;
+    return this.#gate.abort();
   }
 
   async #abort(): Promise<void> {
-    this.#state = 'aborted';
     // As in commit(): the handle closes once the stream (which may be mid-write) lets go.
     this.stream.destroy();
     await this.#handle.close().catch(() => {});
@@ -318,4 +304,3 @@ function isMissing(error: unknown): boolean {
   return code(error) === 'ENOENT' || code(error) === 'ENOTDIR';
 }
 
-function noop(): void {}
