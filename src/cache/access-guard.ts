@@ -69,7 +69,11 @@ export class AccessGuard {
       return { allowed: true };
     }
     if (status === 401 || status === 403 || status === 404) {
-      if (outcome.asDocxy && visibility?.public) await this.index.setVisibility(upstream.name, repository, false);
+      // Only docxy's own authenticated refusal shows the repository stopped being public: a 404
+      // names one digest, and a 401 to a request without credentials is just a challenge.
+      if ((status === 401 || status === 403) && outcome.asDocxy && outcome.authenticated && visibility?.public) {
+        await this.index.setVisibility(upstream.name, repository, false);
+      }
       return { allowed: false, response: refusal(outcome.response.status, outcome.response.headers, kind) };
     }
     // 429 / 5xx: the upstream cannot answer now; only public content is served meanwhile.

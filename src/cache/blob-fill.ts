@@ -29,6 +29,8 @@ export interface BlobFillOptions {
   resumeDelayMs?: number;
   signal?: AbortSignal;
   onResume?(offset: number, attempt: number, error: Error): void;
+  /** Runs once the content is verified, before it becomes visible (record what it belongs to). */
+  beforeCommit?(): Promise<void>;
 }
 
 /** The first upstream answer was not the blob (401, 404, 429...): the caller passes it on. */
@@ -147,6 +149,7 @@ export class BlobFill extends EventEmitter {
         throw new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: actual, expectedSize: this.size, actualSize: this.accepted });
       }
       this.size = this.accepted;
+      await this.options.beforeCommit?.();
       await writer.commit();
       this.state = 'complete';
       this.emit('progress');

@@ -53,6 +53,8 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
   const fills = new Map<string, Promise<BlobFill & { leader?: string }>>();
   const negative = new Map<string, number>();
   const shutdown = new AbortController();
+  /** Each fill's completion handling, awaited on close so nothing writes to storage afterwards. */
+  const settling = new Set<Promise<void>>();
 
   // ---- blobs ---------------------------------------------------------------------------------
 
@@ -169,6 +171,8 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
         if (offset === 0) asDocxy = result.asDocxy;
         return { status: result.response.status, headers: result.response.headers, body: result.response.body };
       },
+      // The link is written before the blob becomes visible: whoever finds the blob finds its link.
+      beforeCommit: () => guard.recordFetch(request, digest, asDocxy),
       onResume: (offset, attempt, error) => {
         stats.resumes++;
         logger.warn({ upstream: target.upstream.name, repo: target.repository, ref: digest.value, offset, attempt, err: error.message }, 'resuming blob fill');
@@ -176,11 +180,10 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
     });
     fill.leader = leaderKey(request);
     stats.fills++;
-    fill.done
+    const bookkeeping = fill.done
       .then(
-        async () => {
+        () => {
           stats.bytesFetchedUpstream += fill.upstreamBytes;
-          await guard.recordFetch(request, digest, asDocxy);
           evictor.schedule();
         },
         (error: unknown) => {
@@ -190,8 +193,11 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
           logger.warn({ upstream: target.upstream.name, repo: target.repository, ref: digest.value, err: (error as Error).message }, 'blob fill failed');
         },
       )
-      .catch((error: unknown) => logger.error({ err: error }, 'recording a blob fill failed'))
-      .finally(() => fills.delete(digest.value));
+      .finally(() => {
+        fills.delete(digest.value);
+        settling.delete(bookkeeping);
+      });
+    settling.add(bookkeeping);
     return fill;
   };
 
@@ -330,8 +336,8 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
     if (mismatch) {
       throw new UpstreamError('protocol', request.target.upstream.name, `upstream ${request.target.upstream.name} sent a manifest whose content does not match its digest ${expected?.value ?? claimed?.value}`);
     }
+    await guard.recordFetch(request, actual, asDocxy); // the link first: see the blob fill
     await store.putManifest(actual.value, mediaType, bytes);
-    await guard.recordFetch(request, actual, asDocxy);
     evictor.schedule();
     const entry: TagEntry = { digest: actual.value, mediaType, size: bytes.length, checkedAt: Date.now() };
     return { response: storedManifest(request, actual, { mediaType, bytes }, 'miss', response.headers), stored: entry };
@@ -388,6 +394,7 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
     async close() {
       shutdown.abort(new Error('docxy is shutting down'));
       await Promise.allSettled([...fills.values()].map(async (fill) => (await fill).done));
+      await Promise.allSettled([...settling]);
     },
   };
 }

@@ -45,8 +45,10 @@ export async function handleToken(
   const client = ctx.upstream(upstream.name);
   const grant = params.get('grant_type');
   const clientLogin = req.headers.authorization !== undefined || grant === 'password' || grant === 'refresh_token';
-  if (!clientLogin && upstream.credentials !== undefined) {
-    // docxy authenticates upstream with the operator's credentials; the client needs no token of its own.
+  if (!clientLogin && (upstream.credentials !== undefined || ctx.cacheStats !== undefined)) {
+    // docxy authenticates upstream by itself (the operator's credentials, or anonymously): the
+    // client needs no upstream token of its own. With the cache on this is also what lets the
+    // cache know the request reads only what every mirror user may read, and serve it offline.
     log.source = 'docxy';
     sendJson(res, 200, docxyTokenResponse());
     return true;

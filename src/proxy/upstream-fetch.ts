@@ -19,6 +19,8 @@ export interface UpstreamFetchResult {
    * got, every user of this mirror may read. False when the client's own login was used.
    */
   asDocxy: boolean;
+  /** Whether an Authorization went upstream (a 401 without one is a challenge, not a refusal). */
+  authenticated: boolean;
 }
 
 /**
@@ -44,21 +46,23 @@ export async function fetchUpstream(client: UpstreamClient, fetch: UpstreamFetch
   };
   const docxyToken = isDocxyToken(clientAuthorization);
   if (!docxyToken && clientAuthorization !== undefined) {
-    return { response: await send(clientAuthorization), asDocxy: false };
+    return { response: await send(clientAuthorization), asDocxy: false, authenticated: true };
   }
   if (!docxyToken && upstream.credentials === undefined) {
     // No credentials anywhere: the request goes as the client sent it, and a 401 challenge
     // comes back so that the client can log in.
-    return { response: await send(undefined), asDocxy: true };
+    return { response: await send(undefined), asDocxy: true, authenticated: false };
   }
   const scope = `repository:${repository}:pull`;
-  let response = await send(await client.tokens.authorization(scope, upstream.credentials));
+  let authorization = await client.tokens.authorization(scope, upstream.credentials);
+  let response = await send(authorization);
   if (response.status === 401) {
     await response.body.dump();
     client.tokens.invalidate(scope, upstream.credentials);
-    response = await send(await client.tokens.authorization(scope, upstream.credentials));
+    authorization = await client.tokens.authorization(scope, upstream.credentials);
+    response = await send(authorization);
   }
-  return { response, asDocxy: true };
+  return { response, asDocxy: true, authenticated: authorization !== undefined };
 }
 
 /** Whether a request is served as docxy itself (no client login of its own). */

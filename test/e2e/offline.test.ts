@@ -1,0 +1,168 @@
+// Offline: once the upstream is gone, docxy keeps serving what it cached. Real components:
+// CNCF Distribution behind a token server, with blobs redirected to an nginx "CDN", and skopeo
+// pulling through the real docxy process. After the first pulls the registry, its CDN and the
+// token server are stopped; a pull of a cached image must still succeed (its tag served stale,
+// past cache.tagTtlSeconds), and a pull of anything never cached must fail clearly, naming the
+// upstream, instead of hanging or returning something wrong.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { e2eGate } from './harness/tools.ts';
+import { createTokenServer, type TokenServer } from './harness/token-server.ts';
+import { startRegistry, type Registry } from './harness/registry.ts';
+import { PRIVATE_REPOS, seedImages, type SeededImages, type TestImage } from './harness/images.ts';
+import { requestLogs, sameRepo, startDocxy, type Docxy, type RequestLog } from './harness/docxy.ts';
+import { createContainersEnv, type ContainersEnv } from './harness/containers-env.ts';
+import { checkDirLayout } from './harness/layout-check.ts';
+import { httpStatus } from './harness/net.ts';
+import { tail } from './harness/process.ts';
+
+const TOOLS = ['docker-registry', 'skopeo', 'nginx', 'openssl'];
+const USER = 'e2e-user';
+const PASSWORD = 'e2e-password';
+const TAG_TTL_S = 1;
+
+describe('offline: docxy serves its cache when the upstream registry is gone', { ...e2eGate(TOOLS), timeout: 150_000 }, () => {
+  let tokenServer: TokenServer | undefined;
+  let registry: Registry | undefined;
+  let docxy: Docxy | undefined;
+  let env: ContainersEnv | undefined;
+  let images: SeededImages;
+  /** When the last pull through the running upstream ended (the tag TTL counts from there). */
+  let onlineEnded = 0;
+  let upstreamStopped = false;
+
+  const ready = (): { docxy: Docxy; env: ContainersEnv } => {
+    assert.ok(docxy !== undefined && env !== undefined, 'e2e setup failed (see before hook)');
+    return { docxy, env };
+  };
+
+  before(async () => {
+    tokenServer = await createTokenServer({
+      service: 'registry.docker.io',
+      issuer: 'docxy-e2e-token-issuer',
+      users: { [USER]: PASSWORD },
+      privateRepos: PRIVATE_REPOS,
+    });
+    registry = await startRegistry({ tokenServer, service: 'registry.docker.io', cdn: true });
+    images = await seedImages(registry, { user: USER, password: PASSWORD });
+    docxy = await startDocxy({ upstreams: { 'docker.io': { url: registry.url } }, cache: { tagTtlSeconds: TAG_TTL_S } });
+    env = await createContainersEnv();
+  }, { timeout: 90_000 });
+
+  after(async () => {
+    const errors: unknown[] = [];
+    for (const part of [env, docxy, upstreamStopped ? undefined : registry, upstreamStopped ? undefined : tokenServer]) {
+      await part?.stop().catch((err: unknown) => errors.push(err));
+    }
+    assert.deepEqual(env?.outsideAttempts ?? [], [], 'a client tried to leave 127.0.0.1');
+    if (errors.length > 0) throw new AggregateError(errors, 'e2e teardown failed');
+  });
+
+  /** skopeo copy of `image` through docxy into a new dir: layout, checks every file against the built digests. */
+  async function pull(image: TestImage, name: string, extra: string[] = []): Promise<void> {
+    const { docxy: proxy, env: e } = ready();
+    const dir = join(e.dir, name);
+    const all = image.isList ? ['--all', '--preserve-digests'] : [];
+    await e.skopeo(['copy', '--src-tls-verify=false', ...all, ...extra, `docker://${proxy.host}/${image.repo}:${image.tag}`, `dir:${dir}`], 90_000);
+    const layout = await checkDirLayout(dir);
+    assert.deepEqual(layout.mismatches, [], 'files whose content does not match their digest');
+    assert.equal(layout.manifestDigest, image.digest, 'manifest.json is not the manifest that was pushed');
+    for (const p of image.platforms) {
+      for (const blob of p.blobs) assert.equal(layout.files.get(blob), image.blobSizes[blob], `blob ${blob}`);
+      if (image.isList) assert.equal(layout.files.get(p.manifestDigest), p.manifestSize, `${p.platform.architecture} manifest`);
+    }
+  }
+
+  /** docxy's request lines since `since` for `repo`, once (bounded wait) one for `ref` is there. */
+  async function linesFor(since: number, repo: string, ref: string): Promise<RequestLog[]> {
+    const { docxy: proxy } = ready();
+    const deadline = Date.now() + 3_000;
+    for (;;) {
+      const lines = requestLogs(proxy.logs, since).filter((l) => sameRepo(l.repo, repo));
+      if (lines.some((l) => l.ref === ref)) return lines;
+      assert.ok(Date.now() < deadline, `docxy logged no request for ${repo} ${ref}`);
+      await sleep(50);
+    }
+  }
+
+  /** The offline pull of alpine was answered by docxy alone: the tag stale, the rest from the cache. */
+  async function assertServedFromCache(since: number): Promise<void> {
+    const { docxy: proxy } = ready();
+    const alpine = images.alpine;
+    const lines = await linesFor(since, alpine.repo, alpine.tag);
+    const described = lines.map((l) => `${l.method} ${l.ref} ${l.status} ${String(l.cache)} ${String(l.source)}`).join('\n');
+    const tagLine = lines.find((l) => l.ref === alpine.tag && l.method === 'GET');
+    assert.equal(tagLine?.status, 200, described);
+    assert.equal(tagLine?.cache, 'stale', `the tag is past its TTL and could not be revalidated:\n${described}`);
+    for (const ref of [...alpine.platforms.map((p) => p.manifestDigest), ...alpine.blobs]) {
+      const line = lines.find((l) => l.ref === ref && l.method === 'GET');
+      assert.equal(line?.status, 200, `${ref}:\n${described}`);
+      assert.ok(line.cache === 'hit' || line.cache === 'stale', `${ref} served ${String(line.cache)}:\n${described}`);
+    }
+    // No successful upstream contact: every answer came from the cache or from docxy itself.
+    const all = requestLogs(proxy.logs, since);
+    const fromUpstream = all.filter((l) => l.source === 'upstream' || l.cache === 'miss' || l.cache === 'revalidated' || l.cache === 'bypass');
+    assert.deepEqual(fromUpstream.map((l) => `${l.method} ${String(l.path)} ${l.status}`), [], 'requests answered by the upstream');
+    assert.ok(proxy.logs.slice(since).some((l) => l.msg === 'serving a stale manifest: upstream unavailable'));
+  }
+
+  test('online: skopeo pulls library/alpine:3.20 (every platform) and library/big:1 through docxy', { timeout: 90_000 }, async () => {
+    const since = ready().docxy.logs.length;
+    await pull(images.alpine, 'alpine-online');
+    await pull(images.big, 'big-online');
+    onlineEnded = Date.now();
+    const lines = await linesFor(since, images.big.repo, images.big.blobs.at(-1)!);
+    assert.ok(lines.some((l) => l.cache === 'miss'), 'the first pull went upstream');
+  });
+
+  test('the registry, its CDN and the token server stop', { timeout: 30_000 }, async () => {
+    assert.ok(registry && tokenServer, 'e2e setup failed (see before hook)');
+    const addresses = [`${registry.url}/v2/`, `${registry.cdnUrl}/`, tokenServer.url];
+    upstreamStopped = true;
+    await registry.stop(); // Distribution and nginx, each by pid
+    await tokenServer.stop();
+    for (const url of addresses) assert.equal(await httpStatus(url, 1_000), undefined, `${url} still answers`);
+    // Past the tag TTL: the next pull must revalidate the tag, and cannot.
+    await sleep(Math.max(0, onlineEnded + TAG_TTL_S * 1000 + 200 - Date.now()));
+  });
+
+  test('offline: skopeo pulls library/alpine:3.20 again anonymously, every digest verified', { timeout: 60_000 }, async () => {
+    assert.ok(upstreamStopped, 'the upstream was stopped');
+    const since = ready().docxy.logs.length;
+    await pull(images.alpine, 'alpine-offline');
+    await assertServedFromCache(since);
+  });
+
+  test('offline: the same pull with credentials (--src-creds): the token endpoint still answers', { timeout: 60_000 }, async () => {
+    assert.ok(upstreamStopped, 'the upstream was stopped');
+    const since = ready().docxy.logs.length;
+    await pull(images.alpine, 'alpine-offline-creds', ['--src-creds', `${USER}:${PASSWORD}`]);
+    await assertServedFromCache(since);
+    const token = requestLogs(ready().docxy.logs, since).find((l) => l.route === 'token');
+    assert.equal(token?.status, 200, 'skopeo got a token from docxy');
+  });
+
+  test('offline: an image never pulled fails with a 502/504 naming the upstream', { timeout: 60_000 }, async () => {
+    assert.ok(upstreamStopped, 'the upstream was stopped');
+    const { docxy: proxy, env: e } = ready();
+    const cases = [
+      { repo: 'library/alpine', tag: 'never-pulled', extra: [] as string[] },
+      { repo: images.secret.repo, tag: images.secret.tag, extra: ['--src-creds', `${USER}:${PASSWORD}`] },
+    ];
+    for (const { repo, tag, extra } of cases) {
+      const since = proxy.logs.length;
+      const result = await e.skopeoAllowFail(
+        ['copy', '--src-tls-verify=false', '--retry-times', '0', ...extra, `docker://${proxy.host}/${repo}:${tag}`, `dir:${join(e.dir, `never-${tag}`)}`],
+        30_000,
+      );
+      assert.notEqual(result.code, 0, `pulling ${repo}:${tag} offline succeeded:\n${tail(result.stdout)}`);
+      assert.equal(result.timedOut, false, `skopeo hung on ${repo}:${tag}`);
+      const line = (await linesFor(since, repo, tag)).find((l) => l.ref === tag);
+      assert.ok(line?.status === 502 || line?.status === 504, `${repo}:${tag} answered ${line?.status}; skopeo said:\n${tail(result.stderr)}`);
+      assert.match(String(line.error), /upstream docker\.io/, 'the logged error names the upstream');
+      assert.match(result.stderr, /50[24]|Bad Gateway|Gateway Time-?out/i, `skopeo's error shows the status:\n${tail(result.stderr)}`);
+    }
+  });
+});
