@@ -75,6 +75,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     logger.debug({ code: error.code }, 'client error');
   });
   let url = '';
+  let statsTimer: NodeJS.Timeout | undefined;
 
   return {
     logger,
@@ -85,6 +86,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       if (cache) {
         const removed = await cache.driver.cleanup();
         if (removed > 0) logger.warn({ removed }, 'removed unfinished cache writes left by a previous run');
+        statsTimer = setInterval(() => cache.logStats(), STATS_LOG_INTERVAL_MS);
+        statsTimer.unref();
       }
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
       logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl?.href }, 'listening');
@@ -104,10 +107,26 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       timer.unref();
       await Promise.all(closed);
       clearTimeout(timer);
+      if (statsTimer) clearInterval(statsTimer);
+      cache?.logStats(true);
       cache?.evictor.close();
       await cache?.proxy.close();
       await Promise.all([...clients.values()].map((c) => c.close()));
     },
+  };
+}
+
+const STATS_LOG_INTERVAL_MS = 60_000;
+
+/** A `cache stats` log line: every minute when something happened, and at shutdown. */
+function createStatsLogger(stats: CacheStats, logger: Logger): (always?: boolean) => void {
+  let lastRequests = 0;
+  return (always = false) => {
+    const snapshot = stats.snapshot();
+    const requests = Object.values(snapshot.requests).reduce((sum, n) => sum + n, 0);
+    if (!always && requests === lastRequests) return;
+    lastRequests = requests;
+    logger.info({ cache: snapshot }, 'cache stats');
   };
 }
 
@@ -128,7 +147,7 @@ function createCache(config: Config, upstream: (name: string) => UpstreamClient,
     config: config.cache,
     logger,
   });
-  return { driver, store, stats, evictor, proxy };
+  return { driver, store, stats, evictor, proxy, logStats: createStatsLogger(stats, logger) };
 }
 
 async function listenOn(server: Server, address: ListenAddress, scheme: string): Promise<string> {
