@@ -62,7 +62,8 @@ export class BlobFill extends EventEmitter {
   size: number | undefined;
   /** Bytes safely in the file (readable by followers). */
   written = 0;
-  state: 'connecting' | 'filling' | 'complete' | 'failed' = 'connecting';
+  /** `verified`: every byte arrived and matches the digest; `complete`: also committed to storage. */
+  state: 'connecting' | 'filling' | 'verified' | 'complete' | 'failed' = 'connecting';
   error: Error | undefined;
   /** Headers of the first upstream answer (content type etc.). */
   headers: FillResponse['headers'] = {};
@@ -149,6 +150,10 @@ export class BlobFill extends EventEmitter {
         throw new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: actual, expectedSize: this.size, actualSize: this.accepted });
       }
       this.size = this.accepted;
+      // Readers may now finish: the content is right. Making it durable (fsync, rename) is the
+      // cache's business and need not hold up clients.
+      this.state = 'verified';
+      this.wake();
       await this.options.beforeCommit?.();
       await writer.commit();
       this.state = 'complete';
@@ -312,7 +317,7 @@ class FillReader extends Readable {
   /** First byte it may not deliver yet: the blob's final byte waits for verification. */
   private limit(): number {
     const last = this.last();
-    if (this.fill.state === 'complete') return Math.min(last + 1, this.fill.size ?? Infinity);
+    if (this.fill.state === 'verified' || this.fill.state === 'complete') return Math.min(last + 1, this.fill.size ?? Infinity);
     const toEnd = this.fill.size === undefined || last >= this.fill.size - 1;
     return toEnd ? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity) : last + 1;
   }
@@ -359,7 +364,8 @@ class FillReader extends Readable {
       const fill = this.fill;
       if (fill.state === 'failed') throw fill.error ?? new Error('blob fill failed');
       const last = this.last();
-      if (this.position > last || (fill.state === 'complete' && this.position >= fill.written)) {
+      const settled = fill.state === 'verified' || fill.state === 'complete';
+      if (this.position > last || (settled && this.position >= fill.written)) {
         this.push(null);
         return;
       }

@@ -15,7 +15,7 @@ import { StorageNotFoundError, type StorageDriver, type StorageEntry, type Stora
  */
 export const READ_HIGH_WATER_MARK = 512 * 1024;
 /** Bytes a writer buffers before `write()` returns false; large enough for `writev` batching. */
-export const WRITE_HIGH_WATER_MARK = 256 * 1024;
+export const WRITE_HIGH_WATER_MARK = 4 * 1024 * 1024;
 /** Directory under the root holding writes in progress; never a key. */
 export const TMP_DIR = '_tmp';
 
