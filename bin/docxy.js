@@ -1,7 +1,16 @@
-#!/usr/bin/env node
-// docxy runs its TypeScript sources directly: Node.js 24 LTS strips types natively; Node 22.12
-// to 22.17 need the flag, so docxy re-executes itself with it there.
+#!/usr/bin/env -S node --max-semi-space-size=2
+// docxy runs the JavaScript that `npm run build` compiles into dist/ when that is at least as new
+// as every source file (`npm start` builds first); otherwise it runs its TypeScript sources
+// directly: Node.js 24 LTS strips types natively; Node 22.12 to 22.17 need the flag, so docxy
+// re-executes itself with it there. Compiled, it starts with ~30 MiB less memory.
+//
+// --max-semi-space-size=2 (MiB; V8's default grows to 16): a smaller young generation keeps the
+// garbage of many concurrent small requests from piling up (-40 MiB RSS under a 32-connection
+// manifest load) at no measurable cost to blob throughput; 1 costs throughput. It only works on
+// the command line (here, and in `npm start`): V8 sizes the heap before any script runs.
 import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
 const [major, minor] = process.versions.node.split('.').map(Number);
 if (major < 22 || (major === 22 && minor < 12)) {
@@ -11,9 +20,37 @@ if (major < 22 || (major === 22 && minor < 12)) {
   );
   process.exit(1);
 }
-if (!process.features.typescript) {
-  const child = spawnSync(process.execPath, ['--experimental-strip-types', '--no-warnings', ...process.argv.slice(1)], { stdio: 'inherit' });
-  process.exit(child.status ?? 1);
+
+/** Newest (or oldest) modification time of the files below `dir` whose names end in `suffix`. */
+function mtimes(dir, suffix, pick) {
+  let result;
+  try {
+    for (const entry of readdirSync(dir, { recursive: true, withFileTypes: true })) {
+      if (!entry.isFile() || !entry.name.endsWith(suffix)) continue;
+      const mtime = statSync(`${entry.parentPath}/${entry.name}`).mtimeMs;
+      result = result === undefined ? mtime : pick(result, mtime);
+    }
+  } catch {
+    return undefined; // no such directory
+  }
+  return result;
 }
-const { buildCli } = await import('../src/cli.ts');
-await buildCli().parseAsync(process.argv);
+
+/** dist/ is built and no source file changed since (an install without src/ runs dist/). */
+function compiledIsCurrent() {
+  const built = mtimes(fileURLToPath(new URL('../dist/', import.meta.url)), '.js', Math.min);
+  const edited = mtimes(fileURLToPath(new URL('../src/', import.meta.url)), '.ts', Math.max);
+  return built !== undefined && (edited === undefined || built >= edited);
+}
+
+let cli;
+if (compiledIsCurrent()) {
+  cli = await import('../dist/cli.js');
+} else {
+  if (!process.features.typescript) {
+    const child = spawnSync(process.execPath, [...process.execArgv, '--experimental-strip-types', '--no-warnings', ...process.argv.slice(1)], { stdio: 'inherit' });
+    process.exit(child.status ?? 1);
+  }
+  cli = await import('../src/cli.ts');
+}
+await cli.buildCli().parseAsync(process.argv);
