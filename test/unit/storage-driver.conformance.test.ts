@@ -493,7 +493,8 @@ function liveBufferSampler(): { sample: () => void; growth: () => number } {
 }
 
 function exposeGc(): () => void {
-  if (globalThis.gc) return globalThis.gc;
+  const gc = globalThis.gc;
+  if (gc) return () => void gc();
   setFlagsFromString('--expose-gc');
   return runInNewContext('gc') as () => void;
 }
