@@ -58,3 +58,47 @@ http {
   await waitForStatus(`${url}/v2/`, 200, service, 10_000);
   return { url, service, description: NGINX_DESCRIPTION };
 }
+
+export const NGINX_SENDFILE_DESCRIPTION = 'nginx, 1 process, static file from docxy\'s cache directory, sendfile on, tcp_nopush on';
+
+/**
+ * nginx serving files under `root` itself (sendfile: the kernel copies page cache to the socket,
+ * no user-space copy): the ceiling for a cache hit on this machine. `GET /<path under root>`.
+ */
+export async function startNginxSendfile(dir: string, root: string, cleanup: Cleanup): Promise<NginxReference> {
+  await mkdir(dir, { recursive: true });
+  const port = await freePort();
+  const configPath = join(dir, 'nginx.conf');
+  await writeFile(
+    configPath,
+    `daemon off;
+master_process off;
+worker_processes 1;
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'error.log')} warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:${port};
+    location = /ping { return 200 "ok"; }
+    location /blobs/ { root ${root}; }
+  }
+}
+`,
+  );
+  const service = startService({
+    name: 'nginx-sendfile',
+    command: 'nginx',
+    args: ['-p', dir, '-c', configPath],
+    logPath: join(dir, 'nginx.log'),
+    cleanup,
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await waitForStatus(`${url}/ping`, 200, service, 10_000);
+  return { url, service, description: NGINX_SENDFILE_DESCRIPTION };
+}

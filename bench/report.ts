@@ -1,10 +1,25 @@
 // The results: one JSON document (bench/results/latest.json) and the same numbers as a table.
 import type { BlobBenchmark } from './blob-throughput.ts';
+import type { ColdPullResult } from './fanout.ts';
 import type { HeadLatency } from './head-latency.ts';
 import { peakOf, type RssSummary } from './rss-sampler.ts';
 import type { WrkResult } from './wrk.ts';
 
 export const TARGETS = { throughputRatio: 0.8, peakRssMiB: 150 } as const;
+
+/** The cache issue's targets. */
+export const CACHE_TARGETS = {
+  /** Warm pull: docxy-hit MiB/s / nginx sendfile of the same file. */
+  warmVsSendfile: 0.8,
+  /** Cold pull: docxy-miss MiB/s / direct from the registry. */
+  coldVsDirect: 0.8,
+  /** Fan-out: blob GETs the upstream answered, however many clients. */
+  fanoutUpstreamBlobGets: 1,
+  /** Fan-out: bytes the upstream sent / blob size. */
+  fanoutUpstreamBytesPerBlob: 1,
+  /** docxy's peak RSS in every phase with the cache on. */
+  peakRssMiB: 200,
+} as const;
 
 /** The ways docxy is measured serving a blob. */
 export const DOCXY_MODES = {
@@ -25,6 +40,8 @@ export interface MachineInfo {
   docxyCommit?: string;
   /** Uncommitted changes in src/, bin/ or package files when the benchmark ran. */
   docxyDirty?: boolean;
+  /** How docxy was started (the flags of `npm start`) and what it ran: dist/ (compiled) or src/. */
+  docxyLaunch: { command: string; runs: 'dist' | 'src' };
   tools: Record<string, string | undefined>;
 }
 
@@ -64,6 +81,58 @@ export interface LoadRun extends WrkResult {
   docxyRss?: RssSummary;
 }
 
+/** docxy MiB/s against a reference's, median over the runs. */
+export interface RatioVerdict {
+  docxyMiBps: number;
+  referenceMiBps: number;
+  ratio: number;
+  target: number;
+  pass: boolean;
+}
+
+export interface FanoutResult {
+  sizeBytes: number;
+  digest: string;
+  setupS: { generate: number; push: number };
+  client: string;
+  /** One cold pull through a fresh docxy. */
+  single: ColdPullResult;
+  /** N concurrent cold pulls through another fresh docxy. */
+  fanout: ColdPullResult;
+  /** Fan-out wall time / single pull wall time. */
+  wallRatio: number;
+  /** Fan-out, counted by the upstream. */
+  upstreamBlobGets: number;
+  upstreamBytesPerBlob: number;
+  /** Fan-out, counted by docxy (`/ready`): the cross-check. */
+  docxyFills?: number;
+  docxyBytesPerBlob?: number;
+  pass: { upstreamBlobGets: boolean; upstreamBytes: boolean; allClientsComplete: boolean; sha256: boolean };
+}
+
+export interface CacheIssue {
+  targets: typeof CACHE_TARGETS;
+  /** docxy-hit vs nginx sendfile of docxy's own cached file; null without nginx. */
+  warmPull: (RatioVerdict & { reference: string }) | null;
+  /** docxy-miss vs direct. */
+  coldPull: RatioVerdict;
+  fanout: FanoutResult;
+}
+
+/** docxy's peak RSS in one phase of the benchmark. */
+export interface RssPhase {
+  phase: string;
+  /** The docxy instance measured. */
+  instance: string;
+  peakMiB: number;
+  /** The pass-through target (< 150 MiB) when the phase runs with the cache off. */
+  passThroughTargetMiB?: number;
+  /** The cache issue's target (< 200 MiB), for every phase. */
+  cacheTargetMiB: number;
+  pass: boolean;
+  rss: RssSummary;
+}
+
 export interface BenchResults {
   startedAt: string;
   finishedAt: string;
@@ -85,7 +154,16 @@ export interface BenchResults {
     ratios: Record<string, number>;
     target: number;
   };
-  memory: { modes: Record<DocxyMode, MemoryResult>; target: number };
+  memory: {
+    modes: Record<DocxyMode, MemoryResult>;
+    /** The pass-through target (MiB). */
+    target: number;
+    /** Every phase, against the pass-through target where it applies and the cache target. */
+    phases: RssPhase[];
+    targets: { passThroughMiB: number; cacheMiB: number };
+  };
+  /** The cache issue's measurements against its targets. */
+  cache: CacheIssue;
   manifest: {
     method: 'HEAD' | 'GET';
     accept: string;
@@ -99,6 +177,68 @@ export interface BenchResults {
   warnings: string[];
 }
 
+export function ratioVerdict(docxyMiBps: number, referenceMiBps: number, target: number): RatioVerdict {
+  const ratio = docxyMiBps / referenceMiBps;
+  return { docxyMiBps, referenceMiBps, ratio, target, pass: ratio >= target };
+}
+
+export function fanoutResult(
+  blob: { sizeBytes: number; digest: string; setupS: { generate: number; push: number } },
+  single: ColdPullResult,
+  fanout: ColdPullResult,
+): FanoutResult {
+  const size = blob.sizeBytes;
+  return {
+    ...blob,
+    client: 'curl -o /dev/null (one client piped into the benchmark for a sha256)',
+    single,
+    fanout,
+    wallRatio: fanout.wallS / single.wallS,
+    upstreamBlobGets: fanout.upstream.blobGets,
+    upstreamBytesPerBlob: fanout.upstream.blobBytes / size,
+    ...(fanout.docxy ? { docxyFills: fanout.docxy.fills, docxyBytesPerBlob: fanout.docxy.bytesFetchedUpstream / size } : {}),
+    pass: {
+      upstreamBlobGets: fanout.upstream.blobGets === CACHE_TARGETS.fanoutUpstreamBlobGets,
+      upstreamBytes: fanout.upstream.blobBytes === CACHE_TARGETS.fanoutUpstreamBytesPerBlob * size,
+      allClientsComplete: fanout.complete === fanout.clients,
+      sha256: fanout.sha256?.ok === true,
+    },
+  };
+}
+
+/** docxy's peak RSS in each phase: the pass-through target where the cache is off, the cache target everywhere. */
+export function rssPhases(input: {
+  modes: Record<DocxyMode, MemoryResult>;
+  single: ColdPullResult;
+  fanout: ColdPullResult;
+  load: readonly LoadRun[];
+}): RssPhase[] {
+  const phase = (name: string, instance: string, rss: RssSummary, passThrough: boolean): RssPhase => {
+    const peakMiB = peakOf(rss);
+    const pass = peakMiB < CACHE_TARGETS.peakRssMiB && (!passThrough || peakMiB < TARGETS.peakRssMiB);
+    return {
+      phase: name,
+      instance,
+      peakMiB,
+      ...(passThrough ? { passThroughTargetMiB: TARGETS.peakRssMiB } : {}),
+      cacheTargetMiB: CACHE_TARGETS.peakRssMiB,
+      pass,
+      rss,
+    };
+  };
+  const phases = [
+    phase('blob GETs, pass-through', 'docxy-pass', input.modes['docxy-pass'].blobRuns, true),
+    phase('blob GETs, miss (cold)', 'docxy-miss-*', input.modes['docxy-miss'].blobRuns, false),
+    phase('blob GETs, hit (warm)', 'docxy-cache', input.modes['docxy-hit'].blobRuns, false),
+    phase('cold pull, 1 client', input.single.name, input.single.rss, false),
+    phase(`fan-out, ${input.fanout.clients} clients`, input.fanout.name, input.fanout.rss, false),
+  ];
+  for (const run of input.load) {
+    if (run.docxyRss) phases.push(phase('manifest load (wrk)', run.target, run.docxyRss, run.target === 'docxy-pass'));
+  }
+  return phases;
+}
+
 export function formatReport(r: BenchResults): string {
   const out: string[] = [];
   const m = r.machine;
@@ -106,8 +246,10 @@ export function formatReport(r: BenchResults): string {
   out.push(`  ${r.startedAt}  commit ${m.docxyCommit?.slice(0, 12) ?? 'unknown'}${m.docxyDirty ? ' (+ uncommitted changes)' : ''}  node ${m.node}`);
   out.push(`  ${m.nproc} CPUs (${m.cpuModel}), ${m.memTotalGiB.toFixed(0)} GiB, Linux ${m.kernel}, load average at start ${m.loadAverageAtStart.join(' ')}`);
   out.push(`  upstream ${m.tools.registry ?? 'docker-registry'}; ${m.tools.curl ?? 'curl'}; ${m.tools.wrk ?? 'wrk'}`);
+  out.push(`  docxy: ${m.docxyLaunch.command}, running ${m.docxyLaunch.runs === 'dist' ? 'the compiled dist/' : 'its TypeScript sources (dist/ missing or older than src/)'}`);
   for (const [mode, description] of Object.entries(r.modes)) out.push(`  ${mode.padEnd(11)} ${description}`);
   if (r.reference) out.push(`  ${'nginx'.padEnd(11)} reference proxy: ${r.reference} (${m.tools.nginx ?? ''})`);
+  if (r.cache.warmPull) out.push(`  ${'nginx-sendfile'} ${r.cache.warmPull.reference}`);
   out.push(`  CPU columns: CPU-seconds per wall-second, 100% = one core; "other" = processes outside the benchmark`);
   out.push('');
 
@@ -146,19 +288,32 @@ export function formatReport(r: BenchResults): string {
   out.push(`  setup: blob generated in ${b.setupS.generate.toFixed(1)} s, pushed in ${b.setupS.push.toFixed(1)} s`);
   out.push('');
 
-  out.push('docxy memory (RSS, MiB)');
-  const load = (mode: string) => r.manifest.load.find((run) => run.target === mode)?.docxyRss;
+  out.push(...formatColdPulls(r.cache.fanout));
+  out.push('');
+
+  out.push('docxy memory by phase (RSS, MiB)');
+  const idleOf: Record<string, number> = {
+    'docxy-pass': r.memory.modes['docxy-pass'].idleMiB,
+    'docxy-miss-*': r.memory.modes['docxy-miss'].idleMiB,
+    'docxy-cache': r.memory.modes['docxy-hit'].idleMiB,
+    [r.cache.fanout.single.name]: r.cache.fanout.single.idleMiB,
+    [r.cache.fanout.fanout.name]: r.cache.fanout.fanout.idleMiB,
+  };
   out.push(
     table(
-      ['target', 'idle', 'peak blob runs', 'verdict', 'peak manifest load'],
-      (Object.entries(r.memory.modes) as [DocxyMode, MemoryResult][]).map(([mode, mem]) => {
-        const peak = peakOf(mem.blobRuns);
-        const underLoad = load(mode === 'docxy-pass' ? 'docxy-pass' : mode === 'docxy-hit' ? 'docxy-cache' : '');
-        return [mode, mem.idleMiB.toFixed(1), peak.toFixed(1), `${verdict(peak < r.memory.target)} (< ${r.memory.target})`, underLoad ? peakOf(underLoad).toFixed(1) : '-'];
-      }),
+      ['phase', 'instance', 'idle', 'peak', `pass-through < ${r.memory.targets.passThroughMiB}`, `cache < ${r.memory.targets.cacheMiB}`],
+      r.memory.phases.map((p) => [
+        p.phase,
+        p.instance,
+        idleOf[p.instance]?.toFixed(1) ?? '-',
+        p.peakMiB.toFixed(1),
+        p.passThroughTargetMiB === undefined ? 'n/a' : verdict(p.peakMiB < p.passThroughTargetMiB),
+        verdict(p.peakMiB < p.cacheTargetMiB),
+      ]),
     ),
   );
-  out.push(`  (peak: the highest of VmRSS sampled every 100 ms and VmHWM reset at the start of the runs; manifest load: the instance under wrk)`);
+  out.push(`  (peak: the highest of VmRSS sampled every 100 ms and VmHWM reset at the start of the phase; idle: right after start;`);
+  out.push(`   the pass-through target applies with the cache off, the cache target to every phase)`);
   out.push('');
 
   const man = r.manifest;
@@ -200,11 +355,87 @@ export function formatReport(r: BenchResults): string {
   );
   out.push('');
 
+  out.push(...formatCacheIssue(r));
+  out.push('');
+
   out.push(r.problems.length === 0 ? 'Result: all targets met.' : `Result: ${r.problems.length} problem(s):`);
   for (const problem of r.problems) out.push(`  - ${problem}`);
   for (const warning of r.warnings) out.push(`  warning: ${warning}`);
   out.push(`Took ${r.durationS.toFixed(0)} s.`);
   return `${out.join('\n')}\n`;
+}
+
+function formatColdPulls(f: FanoutResult): string[] {
+  const out: string[] = [];
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+  out.push(`Cold pulls of a ${mib(f.sizeBytes)} MiB blob (${f.digest.slice(0, 19)}…) through a fresh docxy with an empty cache, ${f.client}`);
+  out.push(
+    table(
+      ['phase', 'clients', 'complete', 'wall s', 'client s min/med/max', 'aggr MiB/s', 'upstream GETs', 'upstream MiB', 'docxy fills', 'docxy upstream MiB', 'docxy requests', 'proxy CPU', 'registry CPU', 'curl CPU', 'other CPU'],
+      [f.single, f.fanout].map((p) => [
+        p.name,
+        String(p.clients),
+        `${p.complete}/${p.clients}`,
+        p.wallS.toFixed(2),
+        `${p.clientSeconds.min.toFixed(2)}/${p.clientSeconds.median.toFixed(2)}/${p.clientSeconds.max.toFixed(2)}`,
+        p.aggregateMiBps.toFixed(0),
+        `${p.upstream.blobGets}${p.upstream.blobHeads > 0 ? ` (+${p.upstream.blobHeads} HEAD)` : ''}`,
+        mib(p.upstream.blobBytes),
+        p.docxy ? String(p.docxy.fills) : '-',
+        p.docxy ? mib(p.docxy.bytesFetchedUpstream) : '-',
+        p.docxy ? Object.entries(p.docxy.requests).map(([k, v]) => `${k} ${v}`).join(', ') : '-',
+        pct(p.cpu.proxy),
+        pct(p.cpu.registry),
+        pct(p.cpu.client),
+        pct(p.cpu.other),
+      ]),
+    ),
+  );
+  const sha = f.fanout.sha256;
+  out.push(`  sha256 of one fan-out client's bytes: ${sha ? (sha.ok ? 'ok' : `MISMATCH (${sha.digest})`) : 'not taken'}`);
+  out.push(`  upstream requests (its access log), fan-out: ${Object.entries(f.fanout.upstream.requests).map(([k, v]) => `${k} x${v}`).join(', ') || 'none'}`);
+  for (const failure of [...f.single.failures, ...f.fanout.failures].slice(0, 5)) out.push(`  incomplete: ${failure}`);
+  out.push(`  setup: blob generated in ${f.setupS.generate.toFixed(1)} s, pushed in ${f.setupS.push.toFixed(1)} s`);
+  return out;
+}
+
+function formatCacheIssue(r: BenchResults): string[] {
+  const c = r.cache;
+  const f = c.fanout;
+  const t = c.targets;
+  const mibps = (n: number) => `${n.toFixed(0)} MiB/s`;
+  const rows: string[][] = [];
+  rows.push(
+    c.warmPull
+      ? ['warm pull: docxy-hit vs nginx sendfile', mibps(c.warmPull.docxyMiBps), mibps(c.warmPull.referenceMiBps), c.warmPull.ratio.toFixed(2), `>= ${t.warmVsSendfile}`, verdict(c.warmPull.pass)]
+      : ['warm pull: docxy-hit vs nginx sendfile', '-', 'no nginx', '', `>= ${t.warmVsSendfile}`, 'n/a'],
+  );
+  rows.push(['cold pull: docxy-miss vs direct', mibps(c.coldPull.docxyMiBps), mibps(c.coldPull.referenceMiBps), c.coldPull.ratio.toFixed(2), `>= ${t.coldVsDirect}`, verdict(c.coldPull.pass)]);
+  const clients = f.fanout.clients;
+  rows.push([`fan-out x${clients}: upstream blob GETs`, String(f.upstreamBlobGets), `docxy fills ${f.docxyFills ?? '-'}`, '', `== ${t.fanoutUpstreamBlobGets}`, verdict(f.pass.upstreamBlobGets)]);
+  rows.push([
+    `fan-out x${clients}: upstream bytes / blob`,
+    `${(f.fanout.upstream.blobBytes / 2 ** 20).toFixed(1)} MiB`,
+    `docxy ${f.docxyBytesPerBlob === undefined ? '-' : `${f.docxyBytesPerBlob.toFixed(2)}x`}`,
+    `${f.upstreamBytesPerBlob.toFixed(2)}x`,
+    `== ${t.fanoutUpstreamBytesPerBlob}x`,
+    verdict(f.pass.upstreamBytes),
+  ]);
+  rows.push([
+    `fan-out x${clients}: every client complete, sha256`,
+    `${f.fanout.complete}/${clients}`,
+    `sha256 ${f.fanout.sha256 ? (f.fanout.sha256.ok ? 'ok' : 'MISMATCH') : 'not taken'}`,
+    '',
+    'all',
+    verdict(f.pass.allClientsComplete && f.pass.sha256),
+  ]);
+  rows.push([`fan-out x${clients}: wall time vs 1 cold pull`, `${f.fanout.wallS.toFixed(2)} s`, `${f.single.wallS.toFixed(2)} s`, `${f.wallRatio.toFixed(1)}x`, '', '(info)']);
+  const cachePeak = Math.max(...r.memory.phases.map((p) => p.peakMiB));
+  const passPhases = r.memory.phases.filter((p) => p.passThroughTargetMiB !== undefined);
+  const passPeak = Math.max(...passPhases.map((p) => p.peakMiB));
+  rows.push(['peak RSS, every phase', `${cachePeak.toFixed(1)} MiB`, '', '', `< ${r.memory.targets.cacheMiB} MiB`, verdict(cachePeak < r.memory.targets.cacheMiB)]);
+  rows.push(['peak RSS, cache off (pass-through)', `${passPeak.toFixed(1)} MiB`, '', '', `< ${r.memory.targets.passThroughMiB} MiB`, verdict(passPeak < r.memory.targets.passThroughMiB)]);
+  return ['Cache issue: targets', table(['measure', 'docxy', 'reference', 'ratio', 'target', 'verdict'], rows)];
 }
 
 function describeCheck(c: ManifestCheck): string {
@@ -214,7 +445,7 @@ function describeCheck(c: ManifestCheck): string {
 
 function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
-  const left = head.map((h) => h === 'run' || h === 'target' || h === 'verdict' || h === 'cache');
+  const left = head.map((h) => ['run', 'target', 'verdict', 'cache', 'phase', 'instance', 'measure', 'reference', 'docxy requests'].includes(h) || h.startsWith('pass-through') || h.startsWith('cache <'));
   const line = (cells: string[]) => `  ${cells.map((c, i) => (left[i] ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')}`.trimEnd();
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }

@@ -1,33 +1,45 @@
 // `npm run bench`: docxy against a local CNCF Distribution, everything on 127.0.0.1.
 //
-//   1. upstream: docker-registry with a pushed 1 GiB layer, a config blob and a schema2 manifest
+//   1. upstream: docker-registry with a pushed 1 GiB layer, a config blob and a schema2 manifest;
+//      a second docker-registry, access log on, with a pushed 256 MiB layer (the fan-out blob)
 //   2. docxy as child processes pointing at it, in each mode: cache off (pass-through), cache on
 //      and empty (a miss: fetched upstream while streaming), cache on and filled (a hit); and
-//      nginx as a reference proxy, if installed
+//      nginx as a reference proxy, and nginx serving docxy's cached copy of the blob with
+//      sendfile (the ceiling for a hit), if installed
 //   3. blob GET throughput of each target vs the registry itself (curl to /dev/null, cycled, median)
-//   4. docxy's peak RSS during the blob runs (VmRSS every 100 ms, and VmHWM)
-//   5. manifest load with wrk (HEAD if wrk can, else GET), and sequential HEAD latency
-//   6. a table on stdout and bench/results/latest.json
+//   4. cold pulls of the 256 MiB blob through a fresh docxy: one client, then 50 at once
+//      (fan-out): wall time, what the upstream sent (its access log; docxy's /ready to cross-check)
+//   5. docxy's peak RSS in every phase (VmRSS every 100 ms, and VmHWM)
+//   6. manifest load with wrk (HEAD if wrk can, else GET), and sequential HEAD latency
+//   7. tables on stdout (the cache issue's targets side by side) and bench/results/latest.json
 //
 // Everything started is stopped by pid and every temp file removed, also on failure and Ctrl-C.
 // For a quick try: DOCXY_BENCH_BLOB_MIB=64 DOCXY_BENCH_WRK_SECONDS=2 npm run bench
+// (the fan-out blob is a quarter of the big one unless DOCXY_BENCH_FANOUT_MIB says otherwise;
+// DOCXY_BENCH_FANOUT_CLIENTS, default 50).
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { writeRandomBlob } from './blob-file.ts';
 import { runBlobBenchmark, sha256OfDownload, type BlobTarget } from './blob-throughput.ts';
 import { versionOf } from './child-process.ts';
 import { Cleanup } from './cleanup.ts';
 import { CpuMeter, waitForQuietMachine } from './cpu-meter.ts';
-import { cacheOutcomes, outcomeBetween, projectNode, REPO_ROOT, startDocxy, type Docxy } from './docxy-process.ts';
+import { cachedBlobPath, cacheOutcomes, docxyBuild, outcomeSince, projectNode, REPO_ROOT, startNodeFlags, startDocxy, type Docxy } from './docxy-process.ts';
+import { coldPull } from './fanout.ts';
 import { measureHeadLatency, type HeadLatency } from './head-latency.ts';
 import { http } from './net.ts';
-import { startNginxReference } from './nginx-reference.ts';
+import { startNginxReference, startNginxSendfile } from './nginx-reference.ts';
 import {
+  CACHE_TARGETS,
   DOCXY_MODES,
   formatReport,
+  fanoutResult,
+  ratioVerdict,
+  rssPhases,
   TARGETS,
+  type CacheIssue,
   type BenchResults,
   type DocxyMode,
   type LoadRun,
@@ -40,7 +52,12 @@ import { peakOf, readMemory, RssSampler, type RssSummary } from './rss-sampler.t
 import { pushImage, SCHEMA2_MANIFEST, startUpstream } from './upstream.ts';
 import { runWrk, type WrkOptions } from './wrk.ts';
 
-const BLOB_BYTES = positiveEnv('DOCXY_BENCH_BLOB_MIB', 1024) * 2 ** 20;
+const BLOB_MIB = positiveEnv('DOCXY_BENCH_BLOB_MIB', 1024);
+const BLOB_BYTES = BLOB_MIB * 2 ** 20;
+const FANOUT_BLOB_BYTES = positiveEnv('DOCXY_BENCH_FANOUT_MIB', Math.max(1, Math.round(BLOB_MIB / 4))) * 2 ** 20;
+const FANOUT_CLIENTS = positiveEnv('DOCXY_BENCH_FANOUT_CLIENTS', 50);
+/** 50 x 256 MiB through docxy: seconds when it works; bounded when it does not. */
+const FANOUT_TIMEOUT_MS = 150_000;
 const WRK_SECONDS = positiveEnv('DOCXY_BENCH_WRK_SECONDS', 10);
 const RUNS_PER_TARGET = 3;
 const HEAD_SAMPLES = 500;
@@ -51,6 +68,7 @@ const QUIET_MAX_WAIT_MS = 30_000;
 const OVERALL_TIMEOUT_MS = 8 * 60_000;
 const REPOSITORY = 'bench/big';
 const TAG = '1';
+const FANOUT_REPOSITORY = 'bench/fanout';
 const RESULTS_DIR = join(REPO_ROOT, 'bench', 'results');
 
 const cleanup = new Cleanup();
@@ -79,20 +97,37 @@ async function benchmark(): Promise<BenchResults> {
   const pushS = (performance.now() - t) / 1000;
   await rm(blobFile.path); // the registry has its copy; no need to keep it twice
 
+  // The fan-out blob lives in a registry of its own with its access log on, so that what it
+  // sends can be counted on its side without logging the manifest load of the main one.
+  progress('starting docker-registry with its access log (fan-out upstream)');
+  const fanoutUpstream = await startUpstream(join(tmp, 'registry-fanout'), cleanup, { name: 'docker-registry-fanout', accessLog: true });
+  progress(`writing a ${FANOUT_BLOB_BYTES / 2 ** 20} MiB random blob`);
+  t = performance.now();
+  const fanoutFile = await writeRandomBlob(join(tmp, 'fanout-blob.bin'), FANOUT_BLOB_BYTES);
+  const fanoutGenerateS = (performance.now() - t) / 1000;
+  progress(`pushing ${FANOUT_REPOSITORY}:${TAG} (${fanoutFile.digest})`);
+  t = performance.now();
+  const fanoutImage = await pushImage(fanoutUpstream.url, FANOUT_REPOSITORY, TAG, fanoutFile);
+  const fanoutPushS = (performance.now() - t) / 1000;
+  await rm(fanoutFile.path);
+
   progress('starting docxy (cache off, and cache on) and the reference proxy');
   const pass = await startDocxy(join(tmp, 'docxy-pass'), upstream.url, cleanup, { label: 'docxy-pass', cache: false });
   const cached = await startDocxy(join(tmp, 'docxy-cache'), upstream.url, cleanup, { label: 'docxy-cache', cache: true });
   const nginx = machine.tools.nginx !== undefined ? await startNginxReference(join(tmp, 'nginx'), upstream.url, cleanup) : undefined;
   if (!nginx) warnings.push('nginx is not installed: no reference proxy');
   const idle = { pass: readMemory(pass.service.pid).rssMiB, cached: readMemory(cached.service.pid).rssMiB };
+  let nginxSendfile: Awaited<ReturnType<typeof startNginxSendfile>> | undefined;
   const ourPids = () => ({
     registry: upstream.service.pid,
+    fanoutRegistry: fanoutUpstream.service.pid,
+    ...(nginxSendfile ? { nginxSendfile: nginxSendfile.service.pid } : {}),
     pass: pass.service.pid,
     cached: cached.service.pid,
     ...(nginx ? { nginx: nginx.service.pid } : {}),
   });
-  const quiet = async (phase: string) => {
-    const state = await waitForQuietMachine(ourPids(), QUIET_THRESHOLD_CORES, QUIET_MAX_WAIT_MS);
+  const quiet = async (phase: string, extraPids: Record<string, number> = {}) => {
+    const state = await waitForQuietMachine({ ...ourPids(), ...extraPids }, QUIET_THRESHOLD_CORES, QUIET_MAX_WAIT_MS);
     if (!state.quiet) {
       const warning = `other processes used ${(state.otherCores * 100).toFixed(0)}% CPU before the ${phase} (waited ${QUIET_MAX_WAIT_MS / 1000} s): numbers are noisy`;
       warnings.push(warning);
@@ -107,11 +142,24 @@ async function benchmark(): Promise<BenchResults> {
     progress(`verifying the blob through ${mode} (sha256)`);
     const before = await cacheOutcomes(docxy.url);
     const got = await sha256OfDownload(`${docxy.url}${blobPath}`, BLOB_RUN_TIMEOUT_MS);
-    const outcome = outcomeBetween(before, await cacheOutcomes(docxy.url));
+    const outcome = await outcomeSince(docxy.url, before);
     return { mode, ...got, ok: got.digest === image.layer.digest && got.bytes === image.layer.size, ...(outcome ? { cacheOutcome: outcome } : {}) };
   };
   // The first GET through the cache-on instance is a miss that fills it; the second, a hit.
   const verified = [await verify('docxy-pass', pass), await verify('docxy-miss', cached), await verify('docxy-hit', cached)];
+
+  // --- nginx serving the very file docxy-hit serves: docxy's cached copy, with sendfile ---
+  const cachedFile = cachedBlobPath(cached.dataDir, image.layer.digest);
+  const cachedSize = await stat(cachedFile).then((s) => s.size, () => undefined);
+  if (cachedSize !== image.layer.size) {
+    throw new Error(`docxy's cached copy ${cachedFile} is ${cachedSize === undefined ? 'missing' : `${cachedSize} bytes`}, expected ${image.layer.size}`);
+  }
+  if (nginx) {
+    nginxSendfile = await startNginxSendfile(join(tmp, 'nginx-sendfile'), cached.dataDir, cleanup);
+  } else {
+    warnings.push('nginx is not installed: no sendfile reference for the warm pull');
+  }
+  const sendfilePath = `/${relative(cached.dataDir, cachedFile)}`; // /blobs/sha256/<2 hex>/<hex>
 
   // --- blob throughput; docxy's memory sampled in every mode ---
   const passRss = new RssSampler(pass.service.pid, 100);
@@ -136,7 +184,7 @@ async function benchmark(): Promise<BenchResults> {
       close: async () => {
         const instance = missInstance!;
         missInstance = undefined;
-        const outcome = outcomeBetween(instance.before, await cacheOutcomes(instance.docxy.url));
+        const outcome = await outcomeSince(instance.docxy.url, instance.before);
         missRss.push(instance.rss.stop());
         await instance.docxy.stop();
         return outcome ? { cacheOutcome: outcome } : {};
@@ -149,10 +197,11 @@ async function benchmark(): Promise<BenchResults> {
         return { url: `${cached.url}${blobPath}`, proxyPid: cached.service.pid };
       },
       close: async () => {
-        const outcome = outcomeBetween(hitBefore, await cacheOutcomes(cached.url));
+        const outcome = await outcomeSince(cached.url, hitBefore);
         return outcome ? { cacheOutcome: outcome } : {};
       },
     },
+    ...(nginxSendfile ? [{ name: 'nginx-sendfile', open: async () => ({ url: `${nginxSendfile!.url}${sendfilePath}`, proxyPid: nginxSendfile!.service.pid }) }] : []),
     ...(nginx ? [{ name: 'nginx', open: async () => ({ url: `${nginx.url}${blobPath}`, proxyPid: nginx.service.pid }) }] : []),
   ];
   const quietBeforeBlob = await quiet('blob runs');
@@ -186,6 +235,25 @@ async function benchmark(): Promise<BenchResults> {
       warnings.push(`${run.target} run ${run.run} was served as "${run.cacheOutcome}", not "${expected}"`);
     }
   }
+
+  // --- cold pulls of the fan-out blob: one client, then many at once, each through a fresh docxy ---
+  const fanoutBlobPath = `/v2/${FANOUT_REPOSITORY}/blobs/${fanoutImage.layer.digest}`;
+  const coldOptions = {
+    upstream: fanoutUpstream,
+    blobPath: fanoutBlobPath,
+    size: fanoutImage.layer.size,
+    digest: fanoutImage.layer.digest,
+    cleanup,
+    timeoutMs: FANOUT_TIMEOUT_MS,
+    quiet,
+    progress,
+  };
+  const single = await coldPull({ ...coldOptions, name: 'cold-single', clients: 1, hashOne: false, dir: join(tmp, 'docxy-cold-single') });
+  progress(`  1 client: ${single.wallS.toFixed(2)} s; upstream blob GETs ${single.upstream.blobGets}, ${(single.upstream.blobBytes / 2 ** 20).toFixed(1)} MiB`);
+  const fanout = await coldPull({ ...coldOptions, name: 'cold-fanout', clients: FANOUT_CLIENTS, hashOne: true, dir: join(tmp, 'docxy-cold-fanout') });
+  progress(
+    `  ${FANOUT_CLIENTS} clients: ${fanout.wallS.toFixed(2)} s, ${fanout.complete}/${FANOUT_CLIENTS} complete; upstream blob GETs ${fanout.upstream.blobGets}, ${(fanout.upstream.blobBytes / 2 ** 20).toFixed(1)} MiB`,
+  );
 
   // --- manifest: correctness of HEAD, sequential HEAD latency, then load ---
   const manifestPath = `/v2/${REPOSITORY}/manifests/${TAG}`;
@@ -253,14 +321,48 @@ async function benchmark(): Promise<BenchResults> {
   for (const mode of Object.keys(DOCXY_MODES) as DocxyMode[]) {
     const ratio = ratios[mode]!;
     if (ratio < TARGETS.throughputRatio) problems.push(`${mode}: blob throughput ${ratio.toFixed(2)} of direct (target >= ${TARGETS.throughputRatio})`);
-    const peak = peakOf(memory[mode].blobRuns);
-    if (peak >= TARGETS.peakRssMiB) problems.push(`${mode}: peak RSS ${peak.toFixed(1)} MiB during blob runs (target < ${TARGETS.peakRssMiB} MiB)`);
+  }
+  // The cache issue: warm pull against nginx sendfile of the same file, cold pull against direct,
+  // fan-out against the upstream's count, memory in every phase.
+  const sendfileMiBps = blobRuns.medianMiBps['nginx-sendfile'];
+  const cache: CacheIssue = {
+    targets: CACHE_TARGETS,
+    warmPull:
+      sendfileMiBps !== undefined && nginxSendfile
+        ? { ...ratioVerdict(blobRuns.medianMiBps['docxy-hit']!, sendfileMiBps, CACHE_TARGETS.warmVsSendfile), reference: nginxSendfile.description }
+        : null,
+    coldPull: ratioVerdict(blobRuns.medianMiBps['docxy-miss']!, blobRuns.medianMiBps.direct!, CACHE_TARGETS.coldVsDirect),
+    fanout: fanoutResult({ sizeBytes: fanoutImage.layer.size, digest: fanoutImage.layer.digest, setupS: { generate: fanoutGenerateS, push: fanoutPushS } }, single, fanout),
+  };
+  if (cache.warmPull && !cache.warmPull.pass) {
+    problems.push(`warm pull: docxy-hit ${cache.warmPull.ratio.toFixed(2)} of nginx sendfile (target >= ${CACHE_TARGETS.warmVsSendfile})`);
+  }
+  const f = cache.fanout;
+  if (!f.pass.upstreamBlobGets) problems.push(`fan-out x${FANOUT_CLIENTS}: the upstream answered ${f.upstreamBlobGets} blob GETs (target ${CACHE_TARGETS.fanoutUpstreamBlobGets})`);
+  if (!f.pass.upstreamBytes) problems.push(`fan-out x${FANOUT_CLIENTS}: the upstream sent ${f.upstreamBytesPerBlob.toFixed(2)}x the blob (target ${CACHE_TARGETS.fanoutUpstreamBytesPerBlob}x)`);
+  if (!f.pass.allClientsComplete) problems.push(`fan-out x${FANOUT_CLIENTS}: ${f.fanout.clients - f.fanout.complete} client(s) did not get the whole blob: ${f.fanout.failures.slice(0, 3).join('; ')}`);
+  if (!f.pass.sha256) problems.push(`fan-out x${FANOUT_CLIENTS}: sha256 of a client's bytes ${f.fanout.sha256 ? `is ${f.fanout.sha256.digest}, expected ${f.digest}` : 'was not taken'}`);
+  if (f.single.complete !== 1) problems.push(`cold pull, 1 client: ${f.single.failures.join('; ')}`);
+  for (const [name, pull] of [['cold pull, 1 client', f.single], [`fan-out x${FANOUT_CLIENTS}`, f.fanout]] as const) {
+    // docxy's own count should agree with the upstream's; a disagreement is a docxy counter bug or a lost log line.
+    if (pull.docxy && (pull.docxy.bytesFetchedUpstream !== pull.upstream.blobBytes || pull.docxy.fills !== pull.upstream.blobGets)) {
+      warnings.push(
+        `${name}: docxy counts ${pull.docxy.fills} fill(s) and ${pull.docxy.bytesFetchedUpstream} upstream bytes, the upstream ${pull.upstream.blobGets} blob GET(s) and ${pull.upstream.blobBytes} bytes`,
+      );
+    }
+  }
+  const phases = rssPhases({ modes: memory, single, fanout, load });
+  for (const p of phases) {
+    if (p.passThroughTargetMiB !== undefined && p.peakMiB >= p.passThroughTargetMiB) {
+      problems.push(`${p.instance}: peak RSS ${p.peakMiB.toFixed(1)} MiB during ${p.phase} (pass-through target < ${p.passThroughTargetMiB} MiB)`);
+    }
+    if (p.peakMiB >= p.cacheTargetMiB) problems.push(`${p.instance}: peak RSS ${p.peakMiB.toFixed(1)} MiB during ${p.phase} (cache target < ${p.cacheTargetMiB} MiB)`);
   }
   for (const run of load) {
     const errors = run.errors.connect + run.errors.read + run.errors.write + run.errors.timeout + run.errors.status;
     if (errors > 0) problems.push(`wrk ${run.target}: ${errors} errors ${JSON.stringify(run.errors)}`);
   }
-  const noisy = [...blobRuns.runs.map((r) => r.cpu.other), ...load.map((r) => r.cpu.other)].filter((other) => other > QUIET_THRESHOLD_CORES);
+  const noisy = [...blobRuns.runs.map((r) => r.cpu.other), single.cpu.other, fanout.cpu.other, ...load.map((r) => r.cpu.other)].filter((other) => other > QUIET_THRESHOLD_CORES);
   if (noisy.length > 0) warnings.push(`${noisy.length} measurement(s) ran while other processes used > ${QUIET_THRESHOLD_CORES * 100}% CPU (see the "other" columns)`);
 
   const finishedAt = new Date();
@@ -283,7 +385,8 @@ async function benchmark(): Promise<BenchResults> {
       ratios,
       target: TARGETS.throughputRatio,
     },
-    memory: { modes: memory, target: TARGETS.peakRssMiB },
+    memory: { modes: memory, target: TARGETS.peakRssMiB, phases, targets: { passThroughMiB: TARGETS.peakRssMiB, cacheMiB: CACHE_TARGETS.peakRssMiB } },
+    cache,
     manifest: { method: wrkBase.method, accept: SCHEMA2_MANIFEST, ...(note ? { note } : {}), check, load, headLatency },
     problems,
     warnings,
@@ -321,6 +424,7 @@ async function machineInfo(): Promise<MachineInfo> {
     kernel: release(),
     loadAverageAtStart: loadavg().map((n) => Math.round(n * 100) / 100),
     node: (await versionOf(projectNode(), ['--version'])) ?? 'unknown',
+    docxyLaunch: { command: ['node', ...startNodeFlags(), 'bin/docxy.js', 'serve', '--config', 'FILE'].join(' '), runs: docxyBuild() },
     tools: {
       registry: await versionOf('docker-registry', ['--version']),
       wrk: (await versionOf('wrk', ['--version']))?.replace(/\s+Copyright.*$/, ''),

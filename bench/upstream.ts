@@ -21,15 +21,26 @@ export interface Upstream {
   service: Service;
 }
 
-export async function startUpstream(dir: string, cleanup: Cleanup): Promise<Upstream> {
+export interface UpstreamOptions {
+  /** For logs and process names (default "docker-registry"). */
+  name?: string;
+  /**
+   * The registry's access log (one line per request with method, path, status and bytes sent)
+   * in the service log, for counting what the upstream served (see upstream-log.ts). Off by
+   * default: the registry should spend its CPU on serving.
+   */
+  accessLog?: boolean;
+}
+
+export async function startUpstream(dir: string, cleanup: Cleanup, options: UpstreamOptions = {}): Promise<Upstream> {
   const storage = join(dir, 'storage');
   await mkdir(storage, { recursive: true });
   const port = await freePort();
   const configPath = join(dir, 'config.yml');
-  // JSON is YAML. Access log off and level error: the registry should spend its CPU on serving.
+  // JSON is YAML. Level error: the registry should spend its CPU on serving.
   const config = {
     version: 0.1,
-    log: { level: 'error', accesslog: { disabled: true } },
+    log: { level: 'error', accesslog: { disabled: options.accessLog !== true } },
     storage: {
       filesystem: { rootdirectory: storage },
       cache: { blobdescriptor: 'inmemory' },
@@ -39,7 +50,7 @@ export async function startUpstream(dir: string, cleanup: Cleanup): Promise<Upst
   };
   await writeFile(configPath, `${JSON.stringify(config, null, 2)}\n`);
   const service = startService({
-    name: 'docker-registry',
+    name: options.name ?? 'docker-registry',
     command: 'docker-registry',
     args: ['serve', configPath],
     // Distribution reads every REGISTRY_* variable as a config override; none of ours may leak in.

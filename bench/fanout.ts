@@ -1,0 +1,221 @@
+// Cold pulls through a fresh docxy with an empty cache: one client alone, then many at once for
+// the same blob (fan-out). docxy should fetch the blob upstream once however many clients ask
+// (single-flight), and the rest follow that one fill. What the upstream sent is counted on the
+// upstream's side (its access log) and cross-checked with docxy's own counters (`/ready`).
+//
+// The clients are curl processes to /dev/null: 50 curls pulling 50 x 256 MiB used ~4.4
+// CPU-seconds on this machine's class of CPU, a Node client with 50 concurrent GETs ~17.8, so
+// curl leaves the most CPU to docxy. One of them streams into this process instead, which hashes
+// the bytes: the sha256 check of what a joined client received.
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import type { Cleanup } from './cleanup.ts';
+import { CpuMeter } from './cpu-meter.ts';
+import { cacheReport, startDocxy, type CacheReport } from './docxy-process.ts';
+import { RssSampler, readMemory, type RssSummary } from './rss-sampler.ts';
+import type { Upstream } from './upstream.ts';
+import { countBlobRequests, logOffset, readAccessLog, type UpstreamBlobCount } from './upstream-log.ts';
+
+export interface ClientResult {
+  status: number;
+  bytes: number;
+  /** curl's time_total. */
+  seconds: number;
+  /** `sha256:<hex>` of the bytes, for the one client whose bytes are hashed. */
+  digest?: string;
+  error?: string;
+}
+
+export interface ParallelPull {
+  clients: ClientResult[];
+  /** From spawning the first client to the exit of the last. */
+  wallS: number;
+}
+
+const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+)$/;
+
+/** One curl GET; its body to /dev/null, or hashed here when `hash` is set. */
+function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<ClientResult> {
+  return new Promise((resolve) => {
+    const args = [
+      '--silent',
+      '--show-error',
+      '--output',
+      hash ? '-' : '/dev/null',
+      '--max-time',
+      String(Math.ceil(timeoutMs / 1000)),
+      // %{stderr}: the numbers go to stderr, so stdout carries only the body when it is hashed.
+      '--write-out',
+      '%{stderr}\\n%{http_code} %{size_download} %{time_total}\\n',
+      url,
+    ];
+    const child = spawn('curl', args, { stdio: ['ignore', hash ? 'pipe' : 'ignore', 'pipe'] });
+    const sha = hash ? createHash('sha256') : undefined;
+    let hashed = 0;
+    child.stdout?.on('data', (chunk: Buffer) => {
+      sha!.update(chunk);
+      hashed += chunk.length;
+    });
+    const err: Buffer[] = [];
+    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 5_000);
+    let settled = false;
+    const finish = (result: ClientResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(result);
+    };
+    child.once('error', (error) => finish({ status: 0, bytes: 0, seconds: 0, error: error.message }));
+    child.once('close', (code, signal) => {
+      const lines = Buffer.concat(err).toString('utf8').split('\n').map((line) => line.trim());
+      const match = lines
+        .map((line) => WRITE_OUT.exec(line))
+        .filter((m) => m !== null)
+        .pop();
+      const result: ClientResult = match
+        ? { status: Number(match[1]), bytes: Number(match[2]), seconds: Number(match[3]) }
+        : { status: 0, bytes: 0, seconds: 0 };
+      if (sha) {
+        result.digest = `sha256:${sha.digest('hex')}`;
+        if (hashed !== result.bytes) result.error = `curl counted ${result.bytes} bytes, ${hashed} arrived here`;
+      }
+      if (code !== 0) result.error = `curl exited with ${code ?? signal}: ${lines.filter((line) => line !== '' && !WRITE_OUT.test(line)).join(' ').slice(0, 200)}`;
+      finish(result);
+    });
+  });
+}
+
+/** `count` concurrent GETs of `url` (the first one hashed if `hashOne`); all are spawned at once. */
+export async function parallelCurl(url: string, count: number, hashOne: boolean, timeoutMs: number): Promise<ParallelPull> {
+  const started = performance.now();
+  const clients = await Promise.all(Array.from({ length: count }, (_, i) => curlClient(url, hashOne && i === 0, timeoutMs)));
+  return { clients, wallS: (performance.now() - started) / 1000 };
+}
+
+export interface ColdPullResult {
+  name: string;
+  clients: number;
+  /** First client spawned to last client done. */
+  wallS: number;
+  /** curl's time_total over the clients. */
+  clientSeconds: { min: number; median: number; max: number };
+  /** All clients' bytes / wall time. */
+  aggregateMiBps: number;
+  /** Clients that got status 200 and every byte. */
+  complete: number;
+  failures: string[];
+  /** The hashed client's digest, when one was hashed, and whether it matched. */
+  sha256?: { digest: string; ok: boolean };
+  /** Counted by the upstream (its access log) over the phase. */
+  upstream: UpstreamBlobCount;
+  /** docxy's `/ready` counters, grown over the phase. */
+  docxy?: { fills: number; bytesFetchedUpstream: number; fillFailures: number; resumes: number; requests: Record<string, number> };
+  /** CPU-seconds per wall-second over the phase. */
+  cpu: { proxy: number; registry: number; client: number; other: number };
+  idleMiB: number;
+  rss: RssSummary;
+}
+
+export interface ColdPullOptions {
+  name: string;
+  clients: number;
+  hashOne: boolean;
+  /** A directory for the fresh docxy (removed when done). */
+  dir: string;
+  /** The upstream, with its access log on. */
+  upstream: Upstream;
+  blobPath: string;
+  size: number;
+  digest: string;
+  cleanup: Cleanup;
+  timeoutMs: number;
+  /** Waits for a quiet machine once the fresh docxy is up, before measuring. */
+  quiet: (phase: string, extraPids: Record<string, number>) => Promise<unknown>;
+  progress: (message: string) => void;
+}
+
+/** How long the upstream's log line and docxy's counters may lag the last client. */
+const SETTLE_TIMEOUT_MS = 15_000;
+/** After the expected numbers are in: time for anything extra (a second GET) to show up. */
+const SETTLE_EXTRA_MS = 500;
+
+export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult> {
+  const { upstream, size } = options;
+  const docxy = await startDocxy(options.dir, upstream.url, options.cleanup, { label: options.name, cache: true });
+  try {
+    const idleMiB = readMemory(docxy.service.pid).rssMiB;
+    await options.quiet(options.name, { [options.name]: docxy.service.pid });
+    const before = await cacheReport(docxy.url);
+    const offset = await logOffset(upstream.service.logPath);
+    options.progress(`${options.name}: ${options.clients} concurrent cold GET(s) of ${size / 2 ** 20} MiB through a fresh docxy`);
+    const rss = new RssSampler(docxy.service.pid, 100);
+    const meter = new CpuMeter({ proxy: docxy.service.pid, registry: upstream.service.pid });
+    let pull: ParallelPull;
+    try {
+      pull = await parallelCurl(`${docxy.url}${options.blobPath}`, options.clients, options.hashOne, options.timeoutMs);
+    } catch (error) {
+      rss.cancel();
+      throw error;
+    }
+    const use = meter.stop(pull.wallS);
+
+    // The upstream logs a request once it completed, and docxy counts a fill once committed:
+    // wait (bounded) until both show the blob, then a little longer for anything extra.
+    let count: UpstreamBlobCount;
+    let after: CacheReport | undefined;
+    const deadline = Date.now() + SETTLE_TIMEOUT_MS;
+    for (;;) {
+      count = countBlobRequests(await readAccessLog(upstream.service.logPath, offset), options.blobPath);
+      after = await cacheReport(docxy.url);
+      const docxySettled = !before || !after || after.bytesFetchedUpstream - before.bytesFetchedUpstream >= size || after.fillFailures > before.fillFailures;
+      if ((count.blobBytes >= size && docxySettled) || Date.now() >= deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_EXTRA_MS));
+    count = countBlobRequests(await readAccessLog(upstream.service.logPath, offset), options.blobPath);
+    after = await cacheReport(docxy.url);
+    const memory = rss.stop();
+
+    const failures: string[] = [];
+    pull.clients.forEach((c, i) => {
+      if (c.status !== 200 || c.bytes !== size || c.error) {
+        failures.push(`client ${i + 1}: status ${c.status}, ${c.bytes} of ${size} bytes${c.error ? `, ${c.error}` : ''}`);
+      }
+    });
+    const hashed = pull.clients.find((c) => c.digest !== undefined);
+    const seconds = pull.clients.map((c) => c.seconds).sort((a, b) => a - b);
+    const totalBytes = pull.clients.reduce((sum, c) => sum + c.bytes, 0);
+    const result: ColdPullResult = {
+      name: options.name,
+      clients: options.clients,
+      wallS: pull.wallS,
+      clientSeconds: { min: seconds[0]!, median: seconds[Math.floor(seconds.length / 2)]!, max: seconds[seconds.length - 1]! },
+      aggregateMiBps: totalBytes / 2 ** 20 / pull.wallS,
+      complete: pull.clients.length - failures.length,
+      failures,
+      upstream: count,
+      cpu: { proxy: use.processes.proxy!, registry: use.processes.registry!, client: use.client, other: use.other },
+      idleMiB,
+      rss: memory,
+    };
+    if (hashed?.digest) result.sha256 = { digest: hashed.digest, ok: hashed.digest === options.digest && hashed.bytes === size };
+    if (before && after) {
+      const requests: Record<string, number> = {};
+      for (const [outcome, n] of Object.entries(after.requests)) {
+        const grown = n - (before.requests[outcome] ?? 0);
+        if (grown > 0) requests[outcome] = grown;
+      }
+      result.docxy = {
+        fills: after.fills - before.fills,
+        bytesFetchedUpstream: after.bytesFetchedUpstream - before.bytesFetchedUpstream,
+        fillFailures: after.fillFailures - before.fillFailures,
+        resumes: after.resumes - before.resumes,
+        requests,
+      };
+    }
+    return result;
+  } finally {
+    await docxy.stop();
+  }
+}
