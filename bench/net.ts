@@ -1,23 +1,13 @@
 // Loopback HTTP helpers: a free port, a bounded readiness wait, and a small request function
 // that can stream a file as the body.
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Service } from './child-process.ts';
 import { isRunning } from './cleanup.ts';
 
-/** A port that was free a moment ago (listen on 0, close, reuse). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+/** A port that was free a moment ago: the same helper the end-to-end tests use. */
+export { freePort } from '../test/e2e/harness/net.ts';
 
 export interface HttpResult {
   status: number;
