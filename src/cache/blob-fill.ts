@@ -79,7 +79,6 @@ export class BlobFill extends EventEmitter {
   private readonly hash: Hash;
   private readonly controller = new AbortController();
   private handle: FileHandle | undefined;
-  private spoolPath: string | undefined;
   private handleUsers = 1; // the fill itself
   private accepted = 0; // bytes handed to the writer (all of them reach the file)
   private readonly readers = new Set<FillReader>();
@@ -118,8 +117,7 @@ export class BlobFill extends EventEmitter {
         this.size = length;
       }
       if (!writer.localPath) throw new Error('storage writer has no local file to follow');
-      this.spoolPath = writer.localPath;
-      this.handle = await open(this.spoolPath, 'r');
+      this.handle = await open(writer.localPath, 'r');
       writer.stream.on('error', (error: Error) => {
         this.error ??= error;
         this.controller.abort(error);

@@ -52,8 +52,8 @@ export interface StorageWriter {
   readonly written: number;
   /**
    * The local file the bytes land in before commit, when the driver writes to one (the
-   * filesystem driver does). Followers of an in-flight cache fill read it while it grows;
-   * a driver without one gets a local spool file instead.
+   * filesystem driver does). Followers of an in-flight cache fill read it while it grows; the
+   * cache needs it today (a remote driver will need a local spool file for its fills).
    */
   readonly localPath?: string;
   /** Makes the content visible under the key, atomically (rename). */
