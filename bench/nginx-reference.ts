@@ -15,12 +15,21 @@ export interface NginxReference {
 
 export const NGINX_DESCRIPTION = 'nginx, 1 process, proxy_buffering on (8 x 256k), upstream keep-alive';
 
-export async function startNginxReference(dir: string, upstreamUrl: string, cleanup: Cleanup): Promise<NginxReference> {
+/**
+ * One nginx process (master_process off: stopping it by pid stops all of it) with its temp and
+ * log files in `dir`, serving what `httpBody` gives for the port chosen here (the inside of its
+ * `http {}` block); ready when `readyPath` answers 200.
+ */
+async function startNginx(
+  name: string,
+  dir: string,
+  httpBody: (port: number) => string,
+  readyPath: string,
+  cleanup: Cleanup,
+): Promise<{ url: string; service: Service }> {
   await mkdir(dir, { recursive: true });
   const port = await freePort();
-  const upstream = new URL(upstreamUrl).host;
   const configPath = join(dir, 'nginx.conf');
-  // master_process off: one process, so stopping it by pid stops all of it.
   await writeFile(
     configPath,
     `daemon off;
@@ -32,7 +41,22 @@ events { worker_connections 1024; }
 http {
   access_log off;
   client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
-  upstream registry { server ${upstream}; keepalive 32; }
+${httpBody(port)}
+}
+`,
+  );
+  const service = startService({ name, command: 'nginx', args: ['-p', dir, '-c', configPath], logPath: join(dir, 'nginx.log'), cleanup });
+  const url = `http://127.0.0.1:${port}`;
+  await waitForStatus(`${url}${readyPath}`, 200, service, 10_000);
+  return { url, service };
+}
+
+export async function startNginxReference(dir: string, upstreamUrl: string, cleanup: Cleanup): Promise<NginxReference> {
+  const upstream = new URL(upstreamUrl).host;
+  const { url, service } = await startNginx(
+    'nginx',
+    dir,
+    (port) => `  upstream registry { server ${upstream}; keepalive 32; }
   server {
     listen 127.0.0.1:${port};
     location / {
@@ -43,19 +67,10 @@ http {
       proxy_buffers 8 256k;
       proxy_max_temp_file_size 0;
     }
-  }
-}
-`,
-  );
-  const service = startService({
-    name: 'nginx',
-    command: 'nginx',
-    args: ['-p', dir, '-c', configPath],
-    logPath: join(dir, 'nginx.log'),
+  }`,
+    '/v2/',
     cleanup,
-  });
-  const url = `http://127.0.0.1:${port}`;
-  await waitForStatus(`${url}/v2/`, 200, service, 10_000);
+  );
   return { url, service, description: NGINX_DESCRIPTION };
 }
 
@@ -66,39 +81,19 @@ export const NGINX_SENDFILE_DESCRIPTION = 'nginx, 1 process, static file from do
  * no user-space copy): the ceiling for a cache hit on this machine. `GET /<path under root>`.
  */
 export async function startNginxSendfile(dir: string, root: string, cleanup: Cleanup): Promise<NginxReference> {
-  await mkdir(dir, { recursive: true });
-  const port = await freePort();
-  const configPath = join(dir, 'nginx.conf');
-  await writeFile(
-    configPath,
-    `daemon off;
-master_process off;
-worker_processes 1;
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'error.log')} warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
-  sendfile on;
+  const { url, service } = await startNginx(
+    'nginx-sendfile',
+    dir,
+    (port) => `  sendfile on;
   tcp_nopush on;
   default_type application/octet-stream;
   server {
     listen 127.0.0.1:${port};
     location = /ping { return 200 "ok"; }
     location /blobs/ { root ${root}; }
-  }
-}
-`,
-  );
-  const service = startService({
-    name: 'nginx-sendfile',
-    command: 'nginx',
-    args: ['-p', dir, '-c', configPath],
-    logPath: join(dir, 'nginx.log'),
+  }`,
+    '/ping',
     cleanup,
-  });
-  const url = `http://127.0.0.1:${port}`;
-  await waitForStatus(`${url}/ping`, 200, service, 10_000);
+  );
   return { url, service, description: NGINX_SENDFILE_DESCRIPTION };
 }
