@@ -122,6 +122,8 @@ export function createCachingProxy(options: CachingProxyOptions): CachingProxy {
       const decision = await guard.check(request, 'blob', digest);
       if (!decision.allowed) return decision.response;
     }
+    // The fill may have finished (and let go of its file) while access was being checked.
+    if (fill.state === 'complete' || fill.state === 'failed') return fill.state === 'complete' ? fromStorage(request, digest) : undefined;
     return fromFill(request, digest, fill, 'joined');
   };
 
