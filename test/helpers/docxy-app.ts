@@ -13,6 +13,12 @@ export interface RunningDocxy {
   logs: Array<Record<string, unknown>>;
   /** The cache directory (a fresh temp dir unless the config names one). */
   dataDir: string;
+  /**
+   * The request log lines matching `predicate`, once there are at least `count` of them (a
+   * request is logged when its answer is handed to the socket, which can be a moment after the
+   * client in the same process has read it). Waits up to 2 s, then returns what there is.
+   */
+  requestLines(predicate: (line: Record<string, unknown>) => boolean, count: number): Promise<Array<Record<string, unknown>>>;
   /** Raw log text, for "this secret never appears" checks. */
   rawLogs(): string;
   close(): Promise<void>;
@@ -42,6 +48,14 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
     logs,
     dataDir,
     rawLogs: () => lines.join('\n'),
+    async requestLines(predicate, count) {
+      const deadline = Date.now() + 2000;
+      for (;;) {
+        const found = logs.filter((line) => line.msg === 'request' && predicate(line));
+        if (found.length >= count || Date.now() > deadline) return found;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    },
     async close() {
       await app.close(1000);
       await rm(dataDir, { recursive: true, force: true });

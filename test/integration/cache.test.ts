@@ -76,7 +76,7 @@ describe('pull-through cache', () => {
       assert.equal(second.headers[name], value, name);
     }
     assert.equal(cdnGets(upstream, mark).length, 1, 'one upstream transfer');
-    const outcomes = docxy.logs.filter((l) => l.msg === 'request' && l.ref === layerDigest).map((l) => l.cache);
+    const outcomes = (await docxy.requestLines((l) => l.ref === layerDigest, 2)).map((l) => l.cache);
     assert.equal(outcomes.at(-2), 'miss');
     // Served from storage, or from the fill when it has all the bytes but is still committing.
     assert.ok(['hit', 'joined'].includes(String(outcomes.at(-1))), String(outcomes.at(-1)));
@@ -142,7 +142,7 @@ describe('pull-through cache', () => {
     assert.equal(cdnGets(upstream, mark).length, 1);
     assert.equal(firstByteBeforeEnd.length, clients);
     assert.ok(firstByteBeforeEnd.every(Boolean), 'every client got its first byte while the upstream was still sending');
-    const outcomes = docxy.logs.filter((l) => l.msg === 'request' && l.ref === bigDigest).map((l) => l.cache);
+    const outcomes = (await docxy.requestLines((l) => l.ref === bigDigest, clients)).map((l) => l.cache);
     assert.equal(outcomes.filter((o) => o === 'miss').length, 1);
     assert.equal(outcomes.filter((o) => o === 'joined').length, clients - 1);
   });
