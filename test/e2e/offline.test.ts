@@ -9,9 +9,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { e2eGate } from './harness/tools.ts';
-import { createTokenServer, type TokenServer } from './harness/token-server.ts';
-import { startRegistry, type Registry } from './harness/registry.ts';
-import { PRIVATE_REPOS, seedImages, type SeededImages, type TestImage } from './harness/images.ts';
+import { E2E_PASSWORD, E2E_USER, startHubUpstream } from './harness/hub-upstream.ts';
+import type { TokenServer } from './harness/token-server.ts';
+import type { Registry } from './harness/registry.ts';
+import type { SeededImages, TestImage } from './harness/images.ts';
 import { requestLogs, sameRepo, startDocxy, type Docxy, type RequestLog } from './harness/docxy.ts';
 import { createContainersEnv, type ContainersEnv } from './harness/containers-env.ts';
 import { checkDirLayout } from './harness/layout-check.ts';
@@ -19,8 +20,8 @@ import { httpStatus } from './harness/net.ts';
 import { tail } from './harness/process.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'nginx', 'openssl'];
-const USER = 'e2e-user';
-const PASSWORD = 'e2e-password';
+const USER = E2E_USER;
+const PASSWORD = E2E_PASSWORD;
 const TAG_TTL_S = 1;
 
 describe('offline: docxy serves its cache when the upstream registry is gone', { ...e2eGate(TOOLS), timeout: 150_000 }, () => {
@@ -39,14 +40,7 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
   };
 
   before(async () => {
-    tokenServer = await createTokenServer({
-      service: 'registry.docker.io',
-      issuer: 'docxy-e2e-token-issuer',
-      users: { [USER]: PASSWORD },
-      privateRepos: PRIVATE_REPOS,
-    });
-    registry = await startRegistry({ tokenServer, service: 'registry.docker.io', cdn: true });
-    images = await seedImages(registry, { user: USER, password: PASSWORD });
+    ({ tokenServer, registry, images } = await startHubUpstream());
     docxy = await startDocxy({ upstreams: { 'docker.io': { url: registry.url } }, cache: { tagTtlSeconds: TAG_TTL_S } });
     env = await createContainersEnv();
   }, { timeout: 90_000 });

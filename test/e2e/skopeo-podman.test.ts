@@ -6,11 +6,10 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { e2eGate } from './harness/tools.ts';
-import { createTokenServer } from './harness/token-server.ts';
+import { E2E_PASSWORD, E2E_USER, startHubUpstream } from './harness/hub-upstream.ts';
 import type { TokenServer } from './harness/token-server.ts';
-import { startRegistry } from './harness/registry.ts';
 import type { Registry } from './harness/registry.ts';
-import { BIG_LAYER_BYTES, PRIVATE_REPOS, hex, seedImages } from './harness/images.ts';
+import { BIG_LAYER_BYTES, hex } from './harness/images.ts';
 import type { PlatformImage, SeededImages, TestImage } from './harness/images.ts';
 import { requestLogs, sameRepo, startDocxy } from './harness/docxy.ts';
 import type { Docxy, RequestLog } from './harness/docxy.ts';
@@ -20,8 +19,8 @@ import { checkDirLayout, checkOciLayout } from './harness/layout-check.ts';
 import { run, tail } from './harness/process.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl'];
-const USER = 'e2e-user';
-const PASSWORD = 'e2e-password';
+const USER = E2E_USER;
+const PASSWORD = E2E_PASSWORD;
 const CREDS = `${USER}:${PASSWORD}`;
 /** The platform podman picks on this machine. */
 const HOST_ARCH = process.arch === 'arm64' ? 'arm64' : 'amd64';
@@ -40,14 +39,7 @@ describe('skopeo and podman pull through docxy', { ...e2eGate(TOOLS), timeout: 1
   };
 
   before(async () => {
-    tokenServer = await createTokenServer({
-      service: 'registry.docker.io',
-      issuer: 'docxy-e2e-token-issuer',
-      users: { [USER]: PASSWORD },
-      privateRepos: PRIVATE_REPOS,
-    });
-    registry = await startRegistry({ tokenServer, service: 'registry.docker.io', cdn: true });
-    images = await seedImages(registry, { user: USER, password: PASSWORD });
+    ({ tokenServer, registry, images } = await startHubUpstream());
     docxy = await startDocxy({ upstreams: { 'docker.io': { url: registry.url } } });
     env = await createContainersEnv();
   }, { timeout: 90_000 });
