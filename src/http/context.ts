@@ -1,4 +1,5 @@
 import type { CacheOutcome, CacheStats } from '../cache/cache-stats.ts';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from '../config/load.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { RegistryProxy } from '../proxy/registry-proxy.ts';
@@ -31,3 +32,13 @@ export interface RequestLog {
   bytes: number;
   error?: string;
 }
+
+/** A route family (`/v2/...`, `/auth/...`): answers and resolves true, or resolves false when the path is not its own. */
+export type RouteHandler = (
+  ctx: HttpContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  log: RequestLog,
+  signal: AbortSignal,
+) => Promise<boolean>;

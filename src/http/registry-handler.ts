@@ -1,25 +1,18 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
 import type { RegistryRequest } from '../proxy/registry-proxy.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { formatChallenge, rewriteChallengeRealm } from '../upstream/challenge.ts';
 import { UpstreamError } from '../upstream/upstream-error.ts';
-import type { HttpContext, RequestLog } from './context.ts';
+import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { publicBase } from './public-base.ts';
 import { parseRegistryPath } from './registry-path.ts';
 import { sendProxyResponse } from './response-writer.ts';
 
 /** Handles `/v2/...`; returns false when the path is not part of the registry API. */
-export async function handleRegistry(
-  ctx: HttpContext,
-  req: IncomingMessage,
-  res: ServerResponse,
-  url: URL,
-  log: RequestLog,
-  signal: AbortSignal,
-): Promise<boolean> {
+export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, signal) => {
   const path = parseRegistryPath(url.pathname);
   if (!path) return false;
   log.route = path.kind;
@@ -93,7 +86,7 @@ export async function handleRegistry(
   }
   await sendProxyResponse(res, response, log, (headers) => rewriteAuthenticate(headers, realmFor(target.upstream)));
   return true;
-}
+};
 
 /** docxy's token endpoint for an upstream: `/auth/token` for the default one, `/auth/<name>/token` for others. */
 export function realmUrl(ctx: HttpContext, req: IncomingMessage, upstream: UpstreamConfig): string {

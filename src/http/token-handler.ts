@@ -1,8 +1,8 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import { formatScope, isRepositoryScope, parseScope } from '../upstream/challenge.ts';
-import type { HttpContext, RequestLog } from './context.ts';
+import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { sendProxyResponse } from './response-writer.ts';
 import { sendJson } from './error-writer.ts';
@@ -20,14 +20,7 @@ const PASSED_PARAMS = ['account', 'offline_token', 'client_id', 'grant_type', 'u
  * forwards to the token service the upstream itself advertised (discovered, never hard-coded),
  * with the client's own credentials, its scopes rewritten to the upstream's repository names.
  */
-export async function handleToken(
-  ctx: HttpContext,
-  req: IncomingMessage,
-  res: ServerResponse,
-  url: URL,
-  log: RequestLog,
-  signal: AbortSignal,
-): Promise<boolean> {
+export const handleToken: RouteHandler = async (ctx, req, res, url, log, signal) => {
   const match = TOKEN_PATH.exec(url.pathname);
   if (!match) return false;
   log.route = 'token';
@@ -111,7 +104,7 @@ export async function handleToken(
   }
   await sendProxyResponse(res, { status: response.status, headers: response.headers, body: response.body, source: 'upstream' }, log);
   return true;
-}
+};
 
 /**
  * Maps each scope's repository name from the client's view to the upstream's: a scope naming
