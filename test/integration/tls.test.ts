@@ -183,11 +183,15 @@ describe('TLS listener', () => {
     await withApp(config, async (_app, url) => assertHealthyOverTls(url, pair.cert));
   });
 
-  test('the plain HTTP listener redirects every request to publicUrl with a 301', async () => {
-    const pair = fixtures.pairs['sec1-ec'];
+  /** An HTTPS docxy with the plain-HTTP redirect listener; `check` gets both listeners' URLs. */
+  async function withRedirectListener(
+    pair: (typeof fixtures.pairs)[keyof typeof fixtures.pairs],
+    publicUrl: string,
+    check: (url: string, redirectUrl: string) => Promise<void>,
+  ): Promise<void> {
     const config = resolveConfig({
       listen: '127.0.0.1:0',
-      publicUrl: 'https://mirror.example.com',
+      publicUrl,
       tls: { cert: pair.certPath, key: pair.keyPath },
       httpRedirect: { listen: '127.0.0.1:0' },
       upstreams: UPSTREAMS,
@@ -196,8 +200,16 @@ describe('TLS listener', () => {
     const app = createApp(config, { logger: capture.logger });
     try {
       const url = await app.listen();
+      await check(url, capture.redirectUrl());
+    } finally {
+      await app.close(1_000);
+    }
+  }
+
+  test('the plain HTTP listener redirects every request to publicUrl with a 301', async () => {
+    const pair = fixtures.pairs['sec1-ec'];
+    await withRedirectListener(pair, 'https://mirror.example.com', async (url, redirectUrl) => {
       await assertHealthyOverTls(url, pair.cert);
-      const redirectUrl = capture.redirectUrl();
 
       const answer = await httpGet(`${redirectUrl}/v2/library/x/manifests/1`);
       assert.equal(answer.status, 301);
@@ -206,29 +218,14 @@ describe('TLS listener', () => {
       const withQuery = await httpGet(`${redirectUrl}/v2/library/x/blobs/uploads/?mount=sha256:abc&from=a`);
       assert.equal(withQuery.status, 301);
       assert.equal(withQuery.headers.location, 'https://mirror.example.com/v2/library/x/blobs/uploads/?mount=sha256:abc&from=a');
-    } finally {
-      await app.close(1_000);
-    }
+    });
   });
 
   test('a publicUrl with a path prefix is kept in the redirect', async () => {
-    const pair = fixtures.pairs.pkcs8;
-    const config = resolveConfig({
-      listen: '127.0.0.1:0',
-      publicUrl: 'https://example.com/registry/',
-      tls: { cert: pair.certPath, key: pair.keyPath },
-      httpRedirect: { listen: '127.0.0.1:0' },
-      upstreams: UPSTREAMS,
-    });
-    const capture = capturingLogger();
-    const app = createApp(config, { logger: capture.logger });
-    try {
-      await app.listen();
-      const answer = await httpGet(`${capture.redirectUrl()}/v2/`);
+    await withRedirectListener(fixtures.pairs.pkcs8, 'https://example.com/registry/', async (_url, redirectUrl) => {
+      const answer = await httpGet(`${redirectUrl}/v2/`);
       assert.equal(answer.status, 301);
       assert.equal(answer.headers.location, 'https://example.com/registry/v2/');
-    } finally {
-      await app.close(1_000);
-    }
+    });
   });
 });
