@@ -2,8 +2,9 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { once } from 'node:events';
-import type { Config } from './config/load.ts';
+import { displayUrl, type Config } from './config/load.ts';
 import type { ListenAddress } from './config/schema.ts';
+import { ConnectionLimiter } from './http/connection-limiter.ts';
 import { createRequestHandler } from './http/request-handler.ts';
 import type { HttpContext } from './http/context.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
@@ -35,7 +36,7 @@ export interface AppOptions {
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(config.logLevel);
   const clients = new Map<string, UpstreamClient>();
-  for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream));
+  for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream, { logger }));
   const upstream = (name: string): UpstreamClient => {
     const client = clients.get(name);
     if (!client) throw new Error(`upstream ${name} is not configured`);
@@ -55,25 +56,39 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     startedAt: Date.now(),
   };
   const handler = createRequestHandler(ctx);
+  // Slow clients are cut off: the request (headers and body) must arrive within its timeouts;
+  // the answer may take as long as a blob download takes. Node checks them every second here.
+  const serverOptions = {
+    headersTimeout: Math.min(config.server.headersTimeoutMs, config.server.requestTimeoutMs),
+    requestTimeout: config.server.requestTimeoutMs,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1000, config.server.headersTimeoutMs),
+  };
   const server: Server = config.tls
-    ? createHttpsServer({ cert: config.tls.cert, key: config.tls.key }, handler)
-    : createHttpServer(handler);
-  const redirectServer = config.httpRedirect ? createHttpServer(redirectHandler(config)) : undefined;
+    ? createHttpsServer({ ...serverOptions, cert: config.tls.cert, key: config.tls.key }, handler)
+    : createHttpServer(serverOptions, handler);
+  const redirectServer = config.httpRedirect ? createHttpServer(serverOptions, redirectHandler(config)) : undefined;
   const servers = [server, ...(redirectServer ? [redirectServer] : [])];
-  for (const s of servers) {
-    s.keepAliveTimeout = 65_000;
-    s.headersTimeout = 30_000;
-    s.requestTimeout = 0; // a blob download may legitimately take hours
-  }
+  const limiter = new ConnectionLimiter(config.server.maxConnectionsPerIp, config.trustedProxies);
   const sockets = new Set<Socket>();
-  server.on('connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  server.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
-    if (socket.writable && !socket.destroyed) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    logger.debug({ code: error.code }, 'client error');
-  });
+  for (const s of servers) {
+    s.on('connection', (socket: Socket) => {
+      if (!limiter.admit(socket)) return;
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+    });
+    s.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
+      const status = error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+      // An answer only on a connection that has had none: bytes that break the parser after an
+      // answer (the rest of a body docxy did not read) must not look like a second answer.
+      if (socket.writable && !socket.destroyed && socket.bytesWritten === 0) {
+        socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      } else {
+        socket.destroy();
+      }
+      logger.debug({ code: error.code }, 'client error');
+    });
+  }
   let url = '';
   let statsTimer: NodeJS.Timeout | undefined;
 
@@ -90,10 +105,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         statsTimer.unref();
       }
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
-      logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl?.href }, 'listening');
+      logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl && displayUrl(config.publicUrl) }, 'listening');
       if (redirectServer && config.httpRedirect) {
         const redirectUrl = await listenOn(redirectServer, config.httpRedirect.listen, 'http');
-        logger.info({ url: redirectUrl, to: config.publicUrl?.href }, 'redirecting plain HTTP');
+        logger.info({ url: redirectUrl, to: config.publicUrl && displayUrl(config.publicUrl) }, 'redirecting plain HTTP');
       }
       return url;
     },

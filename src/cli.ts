@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { createApp } from './app.ts';
 import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
 import { cacheUsage, listTags, prune, verify } from './cache/cache-admin.ts';
-import { ConfigError, loadConfig, type Config } from './config/load.ts';
+import { ConfigError, displayUrl, loadConfig, type Config } from './config/load.ts';
 import { parseByteSize } from './config/schema.ts';
 import { createContentStore } from './storage/content-store.ts';
 import { createFsDriver } from './storage/fs-driver.ts';
@@ -53,6 +53,10 @@ export function buildCli(): Command {
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      // The last line of defence: one request's stray exception must not end every other
+      // transfer. Each is logged with its stack (the bad-input suite fails on any of them).
+      process.on('uncaughtException', (error) => app.logger.error({ err: error }, 'uncaught exception: kept serving'));
+      process.on('unhandledRejection', (error) => app.logger.error({ err: error }, 'unhandled rejection: kept serving'));
     });
 
   const config = program.command('config').description('inspect the configuration').version(VERSION, '-V, --version');
@@ -162,7 +166,7 @@ function formatBytes(bytes: number): string {
 export function describeConfig(config: Config): Record<string, unknown> {
   return {
     listen: `${config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host}:${config.listen.port}`,
-    publicUrl: config.publicUrl?.href ?? null,
+    publicUrl: config.publicUrl ? displayUrl(config.publicUrl) : null,
     dataDir: config.dataDir,
     logLevel: config.logLevel,
     tls: config.tls ? { cert: config.tls.certPath, key: config.tls.keyPath } : null,
@@ -174,11 +178,12 @@ export function describeConfig(config: Config): Record<string, unknown> {
       [...config.upstreams.values()].map((u) => [
         u.name,
         {
-          url: u.url.href,
+          url: displayUrl(u.url),
           libraryPrefix: u.libraryPrefix,
           aliases: u.aliases,
           hosts: u.hosts,
           credentials: u.credentials ? { username: u.credentials.username, password: '********' } : null,
+          trustedRealms: u.trustedRealms,
           timeouts: u.timeouts,
         },
       ]),

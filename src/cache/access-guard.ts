@@ -7,6 +7,7 @@ import { actsAsDocxy, fetchUpstream } from '../proxy/upstream-fetch.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { UpstreamError } from '../upstream/upstream-error.ts';
 import type { CacheIndex } from './cache-index.ts';
+import { isStorageUnwritable } from '../storage/storage-driver.ts';
 import { MANIFEST_MEDIA_TYPES } from '../oci/media-types.ts';
 
 export type AccessDecision = { allowed: true; stale?: boolean } | { allowed: false; response: ProxyResponse };
@@ -65,7 +66,11 @@ export class AccessGuard {
       throw error;
     }
     if (status === 200) {
-      await this.recordFetch(request, digest, outcome.asDocxy);
+      // The upstream just proved access: a full or read-only cache must not turn that into a
+      // refusal; the proof is only not remembered.
+      await this.recordFetch(request, digest, outcome.asDocxy).catch((error: unknown) => {
+        if (!isStorageUnwritable(error)) throw error;
+      });
       return { allowed: true };
     }
     if (status === 401 || status === 403 || status === 404) {

@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from '../oci/digest.ts';
 import { DigestMismatchError } from '../storage/content-store.ts';
-import type { StorageWriter } from '../storage/storage-driver.ts';
+import { isStorageUnwritable, type StorageWriter } from '../storage/storage-driver.ts';
 
 /** One upstream answer for the fill: a 200 from offset 0, or a 206 resuming at `offset`. */
 export interface FillResponse {
@@ -21,8 +21,13 @@ export interface BlobFillOptions {
   expectedSize?: number;
   /** Opens the upstream transfer at `offset` (with `Range: bytes=offset-` when offset > 0). */
   open(offset: number, signal: AbortSignal): Promise<FillResponse>;
-  /** Where the bytes go; nothing is visible in the cache until it commits. */
-  writer: StorageWriter;
+  /**
+   * Where the bytes go, asked for once the upstream answered with the blob (`size`: the length it
+   * announced); nothing is visible in the cache until it commits. Rejecting means the cache cannot
+   * take this blob now (storage full or unwritable, no room in its budget): the fill then ends
+   * with a FillBypassError holding the upstream answer, unread, for the caller to stream through.
+   */
+  createWriter(size: number | undefined): Promise<StorageWriter>;
   /** How many times a broken upstream transfer is resumed. */
   maxResumes?: number;
   /** First resume delay; doubles each time. */
@@ -39,6 +44,19 @@ export class FillRefusedError extends Error {
   constructor(response: FillResponse) {
     super(`upstream answered ${response.status}`);
     this.name = 'FillRefusedError';
+    this.response = response;
+  }
+}
+
+/**
+ * The cache cannot take the blob (the writer could not be had): the upstream answer, unread, for
+ * the client as it is. `cause` says why.
+ */
+export class FillBypassError extends Error {
+  readonly response: FillResponse;
+  constructor(response: FillResponse, cause: Error) {
+    super(`not cached: ${cause.message}`, { cause });
+    this.name = 'FillBypassError';
     this.response = response;
   }
 }
@@ -64,6 +82,11 @@ export class BlobFill extends EventEmitter {
   written = 0;
   /** `verified`: every byte arrived and matches the digest; `complete`: also committed to storage. */
   state: 'connecting' | 'filling' | 'verified' | 'complete' | 'failed' = 'connecting';
+  /**
+   * Every byte is in the file and matches the digest. Stays true if committing then fails
+   * (storage full, say): readers already following the file still get the whole blob.
+   */
+  verified = false;
   error: Error | undefined;
   /** Headers of the first upstream answer (content type etc.). */
   headers: FillResponse['headers'] = {};
@@ -78,6 +101,9 @@ export class BlobFill extends EventEmitter {
   private readonly options: BlobFillOptions;
   private readonly hash: Hash;
   private readonly controller = new AbortController();
+  private writer: StorageWriter | undefined;
+  /** The storage refused a write: the fill cannot complete. */
+  private storageError: Error | undefined;
   private handle: FileHandle | undefined;
   private handleUsers = 1; // the fill itself
   private accepted = 0; // bytes handed to the writer (all of them reach the file)
@@ -103,9 +129,9 @@ export class BlobFill extends EventEmitter {
   }
 
   private async run(markReady: () => void, failReady: (error: Error) => void): Promise<void> {
-    const { writer } = this.options;
+    let response: FillResponse | undefined;
     try {
-      let response = await this.options.open(0, this.controller.signal);
+      response = await this.options.open(0, this.controller.signal);
       if (response.status !== 200) throw new FillRefusedError(response);
       this.headers = response.headers;
       const length = contentLength(response.headers);
@@ -116,14 +142,14 @@ export class BlobFill extends EventEmitter {
         }
         this.size = length;
       }
+      const first = response;
+      const writer = await this.options.createWriter(this.size).catch((error: unknown) => {
+        throw new FillBypassError(first, error as Error);
+      });
+      this.writer = writer;
+      writer.stream.on('error', (error: Error) => this.writeFailed(error));
       if (!writer.localPath) throw new Error('storage writer has no local file to follow');
       this.handle = await open(writer.localPath, 'r');
-      writer.stream.on('error', (error: Error) => {
-        this.error ??= error;
-        this.controller.abort(error);
-        this.emit('progress');
-        this.wake();
-      });
       this.state = 'filling';
       markReady();
       let body = response.body;
@@ -150,6 +176,7 @@ export class BlobFill extends EventEmitter {
       this.size = this.accepted;
       // Readers may now finish: the content is right. Making it durable (fsync, rename) is the
       // cache's business and need not hold up clients.
+      this.verified = true;
       this.state = 'verified';
       this.wake();
       await this.options.beforeCommit?.();
@@ -157,13 +184,18 @@ export class BlobFill extends EventEmitter {
       this.state = 'complete';
       this.emit('progress');
       this.wake();
-    } catch (error) {
+    } catch (caught) {
+      // A failed write aborts the transfer: the write error is the reason, not the abort.
+      const error = this.storageError ?? (caught as Error);
       this.state = 'failed';
-      this.error = error as Error;
-      failReady(error as Error);
-      await writer.abort().catch(() => undefined);
+      this.error = error;
+      failReady(error);
+      // The upstream answer goes to the caller with these errors; otherwise nobody reads it.
+      if (!(error instanceof FillRefusedError || error instanceof FillBypassError)) response?.body.destroy();
+      // Readers fail now (unless the blob was verified), not after the cleanup below.
       this.emit('progress');
       this.wake();
+      await this.writer?.abort().catch(() => undefined);
       throw error;
     } finally {
       this.releaseHandle();
@@ -189,7 +221,7 @@ export class BlobFill extends EventEmitter {
 
   /** Streams upstream bytes into the writer: hashed in order, progress announced once on disk. */
   private async copy(body: Readable): Promise<void> {
-    const stream = this.options.writer.stream;
+    const stream = this.writer!.stream;
     const sink = new Writable({
       highWaterMark: 1024 * 1024,
       write: (chunk: Buffer, _encoding, callback) => {
@@ -214,12 +246,24 @@ export class BlobFill extends EventEmitter {
     await pipeline(body, sink, { signal: this.controller.signal });
   }
 
-  /** Waits until every byte handed to the writer is in the file. */
+  /** Waits until every byte handed to the writer is in the file; throws if the storage failed. */
   private async flushed(): Promise<void> {
     while (this.written < this.accepted) {
-      if (this.options.writer.stream.destroyed) throw new Error('storage write failed');
-      await once(this, 'progress');
+      if (this.storageError) throw this.storageError;
+      if (this.writer!.stream.destroyed) throw new Error('storage write failed');
+      await once(this, 'progress', { signal: this.controller.signal });
     }
+  }
+
+  /**
+   * The storage refused a write (ENOSPC, EIO...). The fill cannot complete: its transfer stops at
+   * once, and run() fails every reader (a client's connection breaks, it is never ended as if the
+   * blob were complete) and discards the temp file.
+   */
+  private writeFailed(error: Error): void {
+    this.storageError ??= error;
+    this.controller.abort(error);
+    this.emit('progress');
   }
 
   /**
@@ -227,11 +271,15 @@ export class BlobFill extends EventEmitter {
    * reader that keeps up gets each chunk handed over as it arrives from upstream; one that falls
    * behind follows the file. The blob's last byte is held back until the digest is verified, so
    * a client can never take a blob that turns out wrong for a complete one.
+   *
+   * `fallback`: when the fill fails because the storage refused a write before this reader
+   * delivered a byte (its client has not even had the headers), the reader streams what
+   * `fallback` opens instead (the same bytes, from upstream) rather than failing.
    */
-  createReader(range: { start: number; end?: number } = { start: 0 }): Readable {
-    if (!this.handle || this.state === 'failed') throw this.error ?? new Error('blob fill is not streaming');
+  createReader(range: { start: number; end?: number } = { start: 0 }, options: { fallback?: () => Promise<Readable> } = {}): Readable {
+    if (!this.handle || (this.state === 'failed' && !this.verified)) throw this.error ?? new Error('blob fill is not streaming');
     this.handleUsers++;
-    const reader = new FillReader(this, this.handle, range, () => {
+    const reader = new FillReader(this, this.handle, range, options.fallback, () => {
       this.readers.delete(reader);
       this.releaseHandle();
     });
@@ -289,7 +337,12 @@ class FillReader extends Readable {
   private readonly fill: BlobFill;
   private readonly handle: FileHandle;
   private readonly end: number | undefined;
+  private readonly start: number;
   private position: number;
+  /** Opens the same bytes elsewhere, for a storage failure before anything was delivered; used once. */
+  private fallback: (() => Promise<Readable>) | undefined;
+  /** The fallback's stream, once switched to it. */
+  private source: Readable | undefined;
   /** Caught up and waiting: the next chunk at `position` may be handed over directly. */
   private waiting = false;
   private pumping = false;
@@ -297,11 +350,13 @@ class FillReader extends Readable {
   private readonly onDone: () => void;
   private done = false;
 
-  constructor(fill: BlobFill, handle: FileHandle, range: { start: number; end?: number }, onDone: () => void) {
+  constructor(fill: BlobFill, handle: FileHandle, range: { start: number; end?: number }, fallback: (() => Promise<Readable>) | undefined, onDone: () => void) {
     super({ highWaterMark: READ_CHUNK });
     this.fill = fill;
     this.handle = handle;
+    this.start = range.start;
     this.position = range.start;
+    this.fallback = fallback;
     this.end = range.end;
     this.onDone = onDone;
     this.once('end', () => this.finish());
@@ -315,7 +370,7 @@ class FillReader extends Readable {
   /** First byte it may not deliver yet: the blob's final byte waits for verification. */
   private limit(): number {
     const last = this.last();
-    if (this.fill.state === 'verified' || this.fill.state === 'complete') return Math.min(last + 1, this.fill.size ?? Infinity);
+    if (this.fill.verified) return Math.min(last + 1, this.fill.size ?? Infinity);
     const toEnd = this.fill.size === undefined || last >= this.fill.size - 1;
     return toEnd ? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity) : last + 1;
   }
@@ -334,6 +389,10 @@ class FillReader extends Readable {
   }
 
   override _read(): void {
+    if (this.source) {
+      this.source.resume();
+      return;
+    }
     this.waiting = false;
     this.pump();
   }
@@ -360,9 +419,12 @@ class FillReader extends Readable {
   private async step(): Promise<void> {
     for (;;) {
       const fill = this.fill;
-      if (fill.state === 'failed') throw fill.error ?? new Error('blob fill failed');
+      if (fill.state === 'failed' && !fill.verified) {
+        if (this.fallback && this.position === this.start && isStorageUnwritable(fill.error)) return this.useFallback(this.fallback);
+        throw fill.error ?? new Error('blob fill failed');
+      }
       const last = this.last();
-      const settled = fill.state === 'verified' || fill.state === 'complete';
+      const settled = fill.verified;
       if (this.position > last || (settled && this.position >= fill.written)) {
         this.push(null);
         return;
@@ -381,7 +443,25 @@ class FillReader extends Readable {
     }
   }
 
+  /** Lets go of the fill and delivers the fallback's bytes instead (with backpressure). */
+  private async useFallback(fallback: () => Promise<Readable>): Promise<void> {
+    this.fallback = undefined;
+    this.finish();
+    const source = await fallback();
+    if (this.destroyed) {
+      source.destroy();
+      return;
+    }
+    this.source = source;
+    source.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) source.pause();
+    });
+    source.once('end', () => this.push(null));
+    source.once('error', (error: Error) => this.destroy(error));
+  }
+
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.source?.destroy();
     this.finish();
     callback(error);
   }

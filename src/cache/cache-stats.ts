@@ -1,3 +1,5 @@
+import type { StorageStatus } from '../storage/storage-health.ts';
+
 /** How a request was answered with respect to the cache; goes into the request log line. */
 export type CacheOutcome = 'hit' | 'miss' | 'joined' | 'revalidated' | 'stale' | 'negative' | 'bypass';
 
@@ -11,9 +13,24 @@ export class CacheStats {
   bytesFetchedUpstream = 0;
   fills = 0;
   fillFailures = 0;
+  /** Blob misses streamed through without caching: storage unusable or full, or the fill limits reached. */
+  fillsBypassed = 0;
   resumes = 0;
   evictions = 0;
   bytesEvicted = 0;
+
+  /** Where the storage's state comes from (not a counter: kept out of snapshots). */
+  #storage: (() => Promise<StorageStatus>) | undefined;
+
+  /** Makes `storage()` report the cache's storage through `check` (its health probe). */
+  watchStorage(check: () => Promise<StorageStatus>): void {
+    this.#storage = check;
+  }
+
+  /** Whether the cache's storage takes writes (for `/ready`); undefined when nothing watches it. */
+  async storage(): Promise<StorageStatus | undefined> {
+    return this.#storage?.();
+  }
 
   count(outcome: CacheOutcome): void {
     this.requests[outcome]++;

@@ -17,6 +17,9 @@ export interface SweepResult {
  * Keeps the cache under its maximum size by removing the least recently used content (by the
  * time it was last written or served). Content being read is pinned and never removed; content
  * being written is not visible yet, so it cannot be either.
+ *
+ * Fills in progress count against the maximum too: each reserves its announced size before it
+ * writes a byte (`reserve`), so what is stored plus what is being written stays within maxSize.
  */
 export class Evictor {
   private readonly store: ContentStore;
@@ -26,6 +29,10 @@ export class Evictor {
   private readonly pins = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<SweepResult> | undefined;
+  /** Bytes stored: counted by the last sweep, plus what was added since; unknown before the first sweep. */
+  private stored: number | undefined;
+  /** Bytes reserved by fills in progress. */
+  private reserved = 0;
 
   constructor(options: { store: ContentStore; maxBytes: number; stats?: CacheStats; logger?: Logger }) {
     this.store = options.store;
@@ -45,6 +52,43 @@ export class Evictor {
       if (count <= 0) this.pins.delete(key);
       else this.pins.set(key, count);
     };
+  }
+
+  /** Stored bytes (as of the last sweep, plus what was added since) and bytes reserved by fills in progress. */
+  usage(): { storedBytes: number | undefined; inFlightBytes: number } {
+    return { storedBytes: this.stored, inFlightBytes: this.reserved };
+  }
+
+  /**
+   * Room for `bytes` a fill is about to write, counted against maxSize together with what is
+   * stored and what other fills reserved; when it does not fit, least recently used content is
+   * evicted first. Returns the function that gives the room back (call it once the fill ended,
+   * committed or not), or undefined when the bytes cannot fit: the caller should not cache them.
+   */
+  async reserve(bytes: number): Promise<(() => void) | undefined> {
+    if (this.maxBytes > 0) {
+      if (this.reserved + bytes > this.maxBytes) return undefined;
+      if (this.stored === undefined) {
+        this.schedule(); // not counted yet: the first sweep counts (and evicts) soon
+      } else if (this.stored + this.reserved + bytes > this.maxBytes) {
+        const target = Math.max(0, Math.floor(this.maxBytes * LOW_WATER) - this.reserved - bytes);
+        await this.sweep(target).catch((error: unknown) => this.logger?.error({ err: error }, 'cache eviction failed'));
+        if ((this.stored ?? 0) + this.reserved + bytes > this.maxBytes) return undefined;
+      }
+    }
+    this.reserved += bytes;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.reserved -= bytes;
+    };
+  }
+
+  /** Content of `bytes` was committed; counted until the next sweep counts everything again. */
+  added(bytes: number): void {
+    if (this.stored !== undefined) this.stored += bytes;
+    this.schedule();
   }
 
   /** A sweep soon (debounced): called after content is added. */
@@ -79,10 +123,12 @@ export class Evictor {
         total += entry.size;
       }
     }
-    const limit = targetBytes ?? (this.maxBytes > 0 ? this.maxBytes : Infinity);
+    // Without a target, what fills in progress reserved counts as stored: they will be.
+    const limit = targetBytes ?? (this.maxBytes > 0 ? this.maxBytes - this.reserved : Infinity);
     const result: SweepResult = { totalBytes: total, removed: 0, removedBytes: 0 };
+    this.stored = total;
     if (total <= limit) return result;
-    const goal = targetBytes ?? Math.floor(this.maxBytes * LOW_WATER);
+    const goal = targetBytes ?? Math.max(0, Math.floor(this.maxBytes * LOW_WATER) - this.reserved);
     entries.sort((a, b) => a.usedAt - b.usedAt);
     for (const entry of entries) {
       if (total <= goal) break;
@@ -94,6 +140,7 @@ export class Evictor {
       result.removedBytes += entry.size;
     }
     result.totalBytes = total;
+    this.stored = total;
     if (this.stats) {
       this.stats.evictions += result.removed;
       this.stats.bytesEvicted += result.removedBytes;

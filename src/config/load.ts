@@ -2,8 +2,8 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
-import { UPSTREAM_PRESETS } from './presets.ts';
-import { configSchema, parseListen, type CacheConfig, type ListenAddress, type ParsedConfig, type Timeouts } from './schema.ts';
+import { presetTokenHosts, UPSTREAM_PRESETS } from './presets.ts';
+import { configSchema, parseListen, type CacheConfig, type ListenAddress, type ServerConfig, type ParsedConfig, type Timeouts } from './schema.ts';
 
 export interface UpstreamConfig {
   /** The key under `upstreams`, e.g. `docker.io`. */
@@ -13,6 +13,10 @@ export interface UpstreamConfig {
   aliases: string[];
   hosts: string[];
   credentials?: { username: string; password: string };
+  /** Origins of token services trusted besides the upstream's own (`trustedRealms`). */
+  trustedRealms: string[];
+  /** A built-in registry's token hosts, when the upstream uses that registry's own URL. */
+  tokenHosts?: string[];
   timeouts: Timeouts;
   tagTtlSeconds?: number;
 }
@@ -36,6 +40,7 @@ export interface Config {
   defaultUpstream: string;
   upstreams: Map<string, UpstreamConfig>;
   cache: CacheConfig;
+  server: ServerConfig;
 }
 
 export interface ConfigProblem {
@@ -85,6 +90,18 @@ export function loadConfig(options: LoadOptions = {}): Config {
   return resolveConfig(applyEnv(raw as Record<string, unknown>, env), env, file);
 }
 
+/**
+ * A configured URL as docxy prints it (config check, log lines): any userinfo, a password alone
+ * (`http://:pw@host`) included, becomes `***`. The schema refuses such URLs; this is the guard.
+ */
+export function displayUrl(url: URL): string {
+  if (url.username === '' && url.password === '') return url.href;
+  const masked = new URL(url.href);
+  masked.username = '***';
+  masked.password = '';
+  return masked.href;
+}
+
 /** Validates an already-parsed config object (what a YAML file holds). */
 export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?: string): Config {
   const result = configSchema.safeParse(raw, { reportInput: true });
@@ -109,13 +126,17 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     const urlText = entry.url ?? preset?.url;
     if (!urlText) continue; // reported by crossFieldProblems
     const credentials = resolveCredentials(entry, env, path, problems);
+    const url = new URL(urlText.replace(/\/+$/, ''));
+    const tokenHosts = presetTokenHosts(url);
     upstreams.set(name, {
       name,
-      url: new URL(urlText.replace(/\/+$/, '')),
+      url,
       libraryPrefix: entry.libraryPrefix ?? preset?.libraryPrefix ?? false,
       aliases: entry.aliases ?? [],
       hosts: entry.hosts.map(normalizeHost),
       ...(credentials ? { credentials } : {}),
+      trustedRealms: entry.trustedRealms.map((origin) => new URL(origin).origin),
+      ...(tokenHosts ? { tokenHosts } : {}),
       timeouts: { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) },
       ...(entry.tagTtlSeconds !== undefined ? { tagTtlSeconds: entry.tagTtlSeconds } : {}),
     });
@@ -143,6 +164,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     defaultUpstream: parsed.defaultUpstream,
     upstreams,
     cache: parsed.cache,
+    server: parsed.server,
   };
 }
 

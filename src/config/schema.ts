@@ -9,7 +9,7 @@ const httpUrl = z.string().refine(
   (value) => {
     try {
       const url = new URL(value);
-      return (url.protocol === 'http:' || url.protocol === 'https:') && url.username === '' && !url.search && !url.hash;
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.username === '' && url.password === '' && !url.search && !url.hash;
     } catch {
       return false;
     }
@@ -17,10 +17,23 @@ const httpUrl = z.string().refine(
   { error: (issue) => `expected an http:// or https:// URL without credentials or query, got ${JSON.stringify(maskUserinfo(issue.input))}` },
 );
 
+/** A token service's origin (`scheme://host[:port]`); a realm URL with a path stands for its origin. */
+const realmOrigin = z.string().refine(
+  (value) => {
+    try {
+      const url = new URL(value);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && !url.username && !url.password && !value.includes('?') && !value.includes('#');
+    } catch {
+      return false;
+    }
+  },
+  { error: (issue) => `expected the origin of a token service such as "http://127.0.0.1:5001", got ${JSON.stringify(maskUserinfo(issue.input))}` },
+);
+
 /** A URL's password must not reach an error message (stderr, CI logs). */
 function maskUserinfo(input: unknown): unknown {
   if (typeof input !== 'string') return input;
-  return input.replace(/^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)[^/@]*@/, '$1***@');
+  return input.replace(/^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)[^/?#]*@/, '$1***@');
 }
 
 const duration = z.number().int().positive();
@@ -47,6 +60,12 @@ const upstream = z.strictObject({
   /** Extra path-prefix names for this upstream (`/v2/<alias>/repo/...`). */
   aliases: z.array(z.string().min(1)).optional(),
   libraryPrefix: z.boolean().optional(),
+  /**
+   * Origins of token services this upstream may name in its `/v2/` challenge besides its own
+   * origin and (https only) the known token hosts of a built-in registry; needed for a plain-http
+   * token service on another origin (test setups). A URL's path is ignored: trust is per origin.
+   */
+  trustedRealms: z.array(realmOrigin).default([]),
   /** Tag TTL for this upstream (overrides cache.tagTtlSeconds; cache.tagTtlRules still win). */
   tagTtlSeconds: z.number().int().nonnegative().optional(),
   /** Overrides of the global timeouts for this upstream; unset fields keep the global value. */
@@ -81,10 +100,28 @@ const cache = z.strictObject({
   negativeTtlSeconds: z.number().int().nonnegative().default(30),
   /** How many times a broken upstream blob transfer is resumed with a Range request. */
   resumeAttempts: z.number().int().nonnegative().default(5),
+  /**
+   * Blob fills (upstream fetches into the cache) in progress at once; a fill goes on when its
+   * clients leave, so this bounds the work nobody may read. Beyond it, blobs are streamed
+   * through without caching. Fills also count their size against `maxSize` while in progress.
+   */
+  maxConcurrentFills: z.number().int().positive().default(32),
   /** How long a repository's "readable by anyone through docxy" status is trusted. */
   visibilityTtlSeconds: z.number().int().positive().default(3600),
   /** How long a client's proven access to a private repository is remembered. */
   accessTtlSeconds: z.number().int().positive().default(300),
+});
+
+/** How docxy's own listeners treat clients: slow or greedy ones must not exhaust the server. */
+const server = z.strictObject({
+  /** Time a client has to send its request headers. */
+  headersTimeoutMs: duration.default(30_000),
+  /** Time a client has to send its whole request (headers and body); downloads are not limited. */
+  requestTimeoutMs: duration.default(60_000),
+  /** How long an idle keep-alive connection stays open. */
+  keepAliveTimeoutMs: duration.default(65_000),
+  /** Open connections one client address may hold at once; more are closed at once. */
+  maxConnectionsPerIp: z.number().int().positive().default(256),
 });
 
 export const configSchema = z.strictObject({
@@ -106,8 +143,9 @@ export const configSchema = z.strictObject({
   /** Addresses (IPs or CIDRs) whose X-Forwarded-Proto/Host/For headers are believed. */
   trustedProxies: z.array(z.string().min(1)).default([]),
   defaultUpstream: z.string().min(1).default('docker.io'),
-  upstreams: z.record(z.string().min(1), upstream).default({ 'docker.io': { hosts: [] } }),
+  upstreams: z.record(z.string().min(1), upstream).default({ 'docker.io': { hosts: [], trustedRealms: [] } }),
   timeouts: timeouts.default({ connectMs: 10_000, headersMs: 30_000, bodyIdleMs: 60_000 }),
+  server: server.default({ headersTimeoutMs: 30_000, requestTimeoutMs: 60_000, keepAliveTimeoutMs: 65_000, maxConnectionsPerIp: 256 }),
   cache: cache.default({
     enabled: true,
     maxSize: 20 * 1024 ** 3,
@@ -115,12 +153,14 @@ export const configSchema = z.strictObject({
     tagTtlRules: [],
     negativeTtlSeconds: 30,
     resumeAttempts: 5,
+    maxConcurrentFills: 32,
     visibilityTtlSeconds: 3600,
     accessTtlSeconds: 300,
   }),
 });
 
 export type CacheConfig = z.output<typeof cache>;
+export type ServerConfig = z.output<typeof server>;
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type ParsedConfig = z.output<typeof configSchema>;

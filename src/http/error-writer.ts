@@ -9,6 +9,7 @@ const UPSTREAM_FAILURE_CODES: Record<UpstreamFailure, ErrorCode> = {
   timeout: 'DOCXY_UPSTREAM_TIMEOUT',
   protocol: 'DOCXY_UPSTREAM_ERROR',
   auth: 'DOCXY_UPSTREAM_AUTH',
+  untrusted: 'DOCXY_UPSTREAM_ERROR',
 };
 
 export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;

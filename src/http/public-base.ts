@@ -24,13 +24,15 @@ export function publicBase(req: IncomingMessage, options: PublicBaseOptions): st
     const proto = firstHeader(req.headers['x-forwarded-proto'])?.split(',')[0]?.trim().toLowerCase();
     if (host && HOST_RE.test(host)) return `${proto === 'https' || proto === 'http' ? proto : 'https'}://${host}`;
   }
-  const address = req.socket.localAddress ?? '127.0.0.1';
+  // The socket is gone once the request was destroyed (a client that left): never throw for it.
+  const socket = req.socket as IncomingMessage['socket'] | null;
+  const address = socket?.localAddress ?? '127.0.0.1';
   const host = isIP(address) === 6 ? (address.startsWith('::ffff:') ? address.slice(7) : `[${address}]`) : address;
-  return `${options.tls ? 'https' : 'http'}://${host}:${req.socket.localPort}`;
+  return `${options.tls ? 'https' : 'http'}://${host}:${socket?.localPort ?? 0}`;
 }
 
 export function isTrustedProxy(req: IncomingMessage, trustedProxies: BlockList): boolean {
-  const remote = req.socket.remoteAddress;
+  const remote = (req.socket as IncomingMessage['socket'] | null)?.remoteAddress;
   if (!remote) return false;
   const v4 = remote.startsWith('::ffff:') ? remote.slice(7) : remote;
   return trustedProxies.check(v4, isIP(v4) === 6 ? 'ipv6' : 'ipv4');
@@ -42,5 +44,5 @@ export function clientAddress(req: IncomingMessage, trustedProxies: BlockList): 
     const forwarded = firstHeader(req.headers['x-forwarded-for'])?.split(',')[0]?.trim();
     if (forwarded && isIP(forwarded)) return forwarded;
   }
-  return req.socket.remoteAddress;
+  return (req.socket as IncomingMessage['socket'] | null)?.remoteAddress;
 }

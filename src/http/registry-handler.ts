@@ -4,7 +4,7 @@ import type { RegistryRequest } from '../proxy/registry-proxy.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { formatChallenge, rewriteChallengeRealm } from '../upstream/challenge.ts';
-import { UpstreamError } from '../upstream/upstream-error.ts';
+import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
 import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { publicBase } from './public-base.ts';
@@ -35,11 +35,16 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
     let response;
     try {
       response = await client.ping({ method: method!, headers: forwardedRequestHeaders(req), signal });
+      if (ctx.cacheStats && isUnavailable(response.status)) {
+        await response.body.dump();
+        throw new UpstreamError('unreachable', upstream.name, `upstream ${upstream.name} answered ${response.status} to /v2/`);
+      }
     } catch (error) {
-      // With a cache, an unreachable upstream must not stop a pull at its first step: answer
-      // the challenge ourselves, so clients go on to the token endpoint and the cached content.
+      // With a cache, an upstream that is down (unreachable, 5xx, 429) must not stop a pull at
+      // its first step: answer the challenge ourselves, so clients go on to the token endpoint
+      // and the cached content.
       if (!ctx.cacheStats || !(error instanceof UpstreamError)) throw error;
-      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'upstream unreachable: answering the /v2/ challenge from docxy');
+      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'upstream unavailable: answering the /v2/ challenge from docxy');
       log.source = 'docxy';
       const service = client.knownService() ?? upstream.name;
       throw new RegistryError('UNAUTHORIZED', 'authentication required', {

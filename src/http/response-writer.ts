@@ -22,8 +22,14 @@ export async function sendProxyResponse(
   rewriteHeaders?.(headers);
   log.source = response.source;
   if (response.cache) log.cache = response.cache;
-  res.writeHead(response.status, headers);
   const body = response.body;
+  if (res.destroyed) {
+    // The client left while the answer was being prepared: let go of what feeds it (an
+    // upstream transfer, a file descriptor, an eviction pin) instead of piping into nothing.
+    body?.destroy();
+    return;
+  }
+  res.writeHead(response.status, headers);
   if (!body || res.req.method === 'HEAD' || response.status === 204 || response.status === 304) {
     body?.resume();
     res.end();
@@ -32,5 +38,10 @@ export async function sendProxyResponse(
   body.on('data', (chunk: Buffer) => {
     log.bytes += chunk.length;
   });
-  await pipeline(body, res);
+  try {
+    await pipeline(body, res);
+  } catch (error) {
+    body.destroy();
+    throw error;
+  }
 }

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
+import { isValidRepositoryName } from '../oci/reference.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import { formatScope, isRepositoryScope, parseScope } from '../upstream/challenge.ts';
 import type { HttpContext, RouteHandler } from './context.ts';
@@ -8,7 +9,7 @@ import { sendProxyResponse } from './response-writer.ts';
 import { sendJson } from './error-writer.ts';
 import { docxyTokenResponse } from '../proxy/client-token.ts';
 import type { AuthScheme } from '../upstream/upstream-client.ts';
-import { UpstreamError } from '../upstream/upstream-error.ts';
+import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
 
 const TOKEN_PATH = /^\/auth(?:\/([^/]+))?\/token$/;
 const MAX_FORM_BYTES = 64 * 1024;
@@ -27,8 +28,9 @@ export const handleToken: RouteHandler = async (ctx, req, res, url, log, signal)
   if (req.method !== 'GET' && req.method !== 'POST') {
     throw new RegistryError('UNSUPPORTED', 'the token endpoint answers GET and POST', { headers: { allow: 'GET, POST' } });
   }
-  const realmUpstream = match[1] === undefined ? ctx.resolver.defaultUpstream : ctx.resolver.byName(decodeURIComponent(match[1]));
-  if (!realmUpstream) throw new RegistryError('NAME_UNKNOWN', `no upstream named ${JSON.stringify(match[1])} is configured`);
+  const realmName = match[1] === undefined ? undefined : decodePathSegment(match[1]);
+  const realmUpstream = match[1] === undefined ? ctx.resolver.defaultUpstream : realmName === undefined ? undefined : ctx.resolver.byName(realmName);
+  if (!realmUpstream) throw new RegistryError('NAME_UNKNOWN', `no upstream named ${JSON.stringify(String(match[1]).slice(0, 100))} is configured`);
 
   const params = req.method === 'POST' ? await readForm(req) : url.searchParams;
   const { upstream, scopes } = mapScopes(ctx, realmUpstream, params.getAll('scope'));
@@ -47,10 +49,12 @@ export const handleToken: RouteHandler = async (ctx, req, res, url, log, signal)
     return true;
   }
   // While the upstream (or its token service) is away, clients still get a token: docxy's own,
-  // which reaches what every user of the mirror may read (cached public content).
+  // which reaches what every user of the mirror may read (cached public content). Away means
+  // unreachable, or answering 5xx or 429, as an edge in front of a failing service does.
   const offline = (error: unknown): boolean => {
-    if (!(error instanceof UpstreamError) || (!ctx.cacheStats && clientLogin)) return false;
-    ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'token service unreachable: docxy token issued');
+    // An untrusted token realm is no outage: the client hears why, rather than getting a token.
+    if (!(error instanceof UpstreamError) || error.kind === 'untrusted' || (!ctx.cacheStats && clientLogin)) return false;
+    ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'token service unavailable: docxy token issued');
     log.source = 'docxy';
     sendJson(res, 200, docxyTokenResponse());
     return true;
@@ -102,9 +106,22 @@ export const handleToken: RouteHandler = async (ctx, req, res, url, log, signal)
       throw error;
     }
   }
+  if (isUnavailable(response.status) && ctx.cacheStats) {
+    await response.body.dump();
+    if (offline(new UpstreamError('unreachable', upstream.name, `upstream ${upstream.name}'s token service answered ${response.status}`))) return true;
+  }
   await sendProxyResponse(res, { status: response.status, headers: response.headers, body: response.body, source: 'upstream' }, log);
   return true;
 };
+
+/** A path segment percent-decoded, or undefined when its encoding is malformed. */
+function decodePathSegment(segment: string): string | undefined {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * Maps each scope's repository name from the client's view to the upstream's: a scope naming
@@ -117,7 +134,8 @@ function mapScopes(ctx: HttpContext, realmUpstream: UpstreamConfig, rawScopes: s
   const pending: Array<{ upstream: UpstreamConfig; scope: string }> = [];
   for (const raw of rawScopes.flatMap((s) => s.split(' ')).filter(Boolean)) {
     const scope = parseScope(raw);
-    if (!scope || !isRepositoryScope(scope)) {
+    if (!scope) throw new RegistryError('DOCXY_BAD_REQUEST', `malformed token scope: ${JSON.stringify(raw.slice(0, 300))}`);
+    if (!isRepositoryScope(scope)) {
       pending.push({ upstream: realmUpstream, scope: raw });
       continue;
     }
@@ -129,6 +147,10 @@ function mapScopes(ctx: HttpContext, realmUpstream: UpstreamConfig, rawScopes: s
         ? byPrefix
         : ctx.resolver.resolve({ name: scope.name, ns: realmUpstream.name });
     if (!target) continue;
+    if (!isValidRepositoryName(target.repository)) {
+      // Never ask a token service about a name no registry can hold.
+      throw new RegistryError('NAME_INVALID', `token scope names an invalid repository: ${JSON.stringify(scope.name.slice(0, 300))}`);
+    }
     upstream ??= target.upstream;
     pending.push({ upstream: target.upstream, scope: formatScope({ ...scope, name: target.repository }) });
   }

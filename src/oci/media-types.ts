@@ -6,6 +6,13 @@ export const MANIFEST_MEDIA_TYPES = [
   'application/vnd.docker.distribution.manifest.v2+json',
 ] as const;
 
+/**
+ * The Accept docxy resolves tags with, whatever the client sent: with every type, the upstream
+ * answers what the tag really names (the index of a multi-platform image), not a fallback for
+ * one client. What is stored and shared is only ever what this Accept got.
+ */
+export const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+
 /** Largest manifest docxy buffers (Distribution's own limit is 4 MiB). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 

@@ -28,22 +28,21 @@ export interface UpstreamFetchResult {
  * `docker login`, or the upstream token it got through docxy) goes through untouched. A client
  * with none, or with docxy's anonymous token, is served with docxy's own authorization: the
  * operator's server-side credentials, or an anonymous token; those tokens are cached, and a 401
- * drops the cached one and retries once. Redirects (CDNs) are followed inside docxy.
+ * drops the cached one (and, if not just learned, the auth scheme: `/v2/` is asked again) and
+ * retries once. Redirects (CDNs) are followed inside docxy.
  */
 export async function fetchUpstream(client: UpstreamClient, fetch: UpstreamFetch): Promise<UpstreamFetchResult> {
   const { upstream, repository } = fetch.target;
   const { authorization: clientAuthorization, ...headers } = fetch.headers;
-  const send = async (authorization: string | string[] | undefined) => {
-    const response = await client.request({
+  // The answer (or a CDN's after a redirect) never teaches the auth scheme: only `/v2/` does.
+  const send = (authorization: string | string[] | undefined) =>
+    client.request({
       method: fetch.method,
       target: fetch.path,
       headers: authorization === undefined ? headers : { ...headers, authorization },
       ...(fetch.signal ? { signal: fetch.signal } : {}),
       followRedirects: true,
     });
-    client.learnAuthScheme(response);
-    return response;
-  };
   const docxyToken = isDocxyToken(clientAuthorization);
   if (!docxyToken && clientAuthorization !== undefined) {
     return { response: await send(clientAuthorization), asDocxy: false, authenticated: true };
@@ -59,6 +58,7 @@ export async function fetchUpstream(client: UpstreamClient, fetch: UpstreamFetch
   if (response.status === 401) {
     await response.body.dump();
     client.tokens.invalidate(scope, upstream.credentials);
+    client.rediscoverAuthScheme();
     authorization = await client.tokens.authorization(scope, upstream.credentials);
     response = await send(authorization);
   }

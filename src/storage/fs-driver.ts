@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { CommitGate } from './commit-gate.ts';
 import type { Dir, WriteStream } from 'node:fs';
-import { mkdir, open, opendir, readdir, readFile, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, opendir, readdir, readFile, rename, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageStat, type StorageWriter } from './storage-driver.ts';
+import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageSpace, type StorageStat, type StorageWriter } from './storage-driver.ts';
 
 /**
  * Chunk size of blob reads. Streaming a page-cached 1 GiB file to a TCP socket (2 cores):
@@ -160,6 +160,13 @@ export class FsDriver implements StorageDriver {
     return removed;
   }
 
+  /** The filesystem holding `root`: blocks available to unprivileged users (root's reserve is not free space for a cache). */
+  async space(): Promise<StorageSpace> {
+    await mkdir(this.root, { recursive: true });
+    const stats = await statfs(this.root);
+    return { freeBytes: stats.bavail * stats.bsize, totalBytes: stats.blocks * stats.bsize };
+  }
+
   /** Depth first, one directory handle open per level; tolerates entries vanishing meanwhile. */
   async *#walk(relativeDir: string): AsyncGenerator<StorageEntry> {
     let dir: Dir;
@@ -217,6 +224,13 @@ class FsWriter implements StorageWriter {
     this.stream = handle.createWriteStream({ autoClose: false, highWaterMark: WRITE_HIGH_WATER_MARK });
     // Destroyed before commit (a failed pipeline, say): nobody will commit, remove the temp file.
     this.stream.once('close', () => {
+      if (this.#gate.state === 'open') this.abort().catch(() => {});
+    });
+    // A failed write (ENOSPC, EIO...): without autoClose the stream is not destroyed and never
+    // closes by itself, so the temp file and its descriptor would stay until someone aborts. The
+    // owner hears the error too (its own listener, or commit() rejecting); this listener also
+    // keeps an error nobody listens for from crashing the process.
+    this.stream.on('error', () => {
       if (this.#gate.state === 'open') this.abort().catch(() => {});
     });
   }

@@ -33,6 +33,16 @@ export interface StorageDriver {
   touch(key: string): Promise<void>;
   /** Removes leftovers of interrupted writes (called at start-up). Returns how many. */
   cleanup(): Promise<number>;
+  /**
+   * Free and total space where writes land, when the driver can tell (a filesystem can; an
+   * object store has no such limit). Free space is what an unprivileged writer may still use.
+   */
+  space?(): Promise<StorageSpace>;
+}
+
+export interface StorageSpace {
+  freeBytes: number;
+  totalBytes: number;
 }
 
 export interface StorageStat {
@@ -70,3 +80,14 @@ export class StorageNotFoundError extends Error {
     this.key = key;
   }
 }
+
+/**
+ * The storage cannot take writes now: full (ENOSPC, EDQUOT), read-only (EROFS), not writable by
+ * docxy (EACCES, EPERM), or failing (EIO). Content already stored may still be readable.
+ */
+export function isStorageUnwritable(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code !== undefined && UNWRITABLE_CODES.has(code);
+}
+
+const UNWRITABLE_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO', 'EFBIG']);

@@ -67,7 +67,8 @@ export class TokenCache {
     });
     const text = await response.body.text();
     if (response.status !== 200) {
-      const who = credentials ? `the configured credentials of user ${credentials.username}` : 'an anonymous token request';
+      // Never the username: this message reaches clients, who need not know the operator's account.
+      const who = credentials ? `the configured credentials (upstreams.${this.client.name}.username/password)` : 'an anonymous token request';
       throw new UpstreamError('auth', this.client.name, `upstream ${this.client.name}'s token service (${url.host}) refused ${who}: HTTP ${response.status}`);
     }
     let body: { token?: string; access_token?: string; expires_in?: number };

@@ -1,6 +1,8 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from '../config/load.ts';
+import type { Logger } from '../observability/logger.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
+import { checkRealm } from './realm-trust.ts';
 import { TokenCache } from './token-cache.ts';
 import { UpstreamError, toUpstreamError } from './upstream-error.ts';
 
@@ -31,17 +33,38 @@ export type AuthScheme =
   | { kind: 'basic'; challenge: Challenge }
   | { kind: 'bearer'; realm: URL; service?: string; challenge: Challenge };
 
-export interface PingState {
-  ok: boolean;
-  status?: number;
-  error?: string;
-  at: number;
-  ms: number;
-}
-
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 const MAX_REDIRECTS = 5;
 const AUTH_SCHEME_TTL_MS = 10 * 60_000;
+/** An untrusted challenge is asked again sooner: the registry may have been fixed meanwhile. */
+const UNTRUSTED_SCHEME_TTL_MS = 60_000;
+/** A refused token asks for a fresh `/v2/` challenge at most this often. */
+const REDISCOVER_MIN_AGE_MS = 30_000;
+/**
+ * Request headers that may follow a redirect to another origin (a CDN): none that carries
+ * credentials or state (Authorization, Cookie, Proxy-Authorization, X-Registry-Auth, ...).
+ */
+const CROSS_ORIGIN_HEADERS = new Set([
+  'accept',
+  'accept-encoding',
+  'accept-language',
+  'range',
+  'if-match',
+  'if-none-match',
+  'if-modified-since',
+  'if-unmodified-since',
+  'if-range',
+  'user-agent',
+]);
+
+/** What the last `/v2/` challenge taught: a scheme, or a token realm docxy will not send credentials to. */
+type LearnedScheme = { value: AuthScheme; at: number } | { untrusted: UpstreamError; realm: string; at: number };
+
+export interface UpstreamClientOptions {
+  /** Tests inject their own (e.g. one that trusts a test CA). */
+  dispatcher?: Dispatcher;
+  logger?: Logger;
+}
 
 /**
  * One upstream registry: its HTTP connection pool, redirect handling, the discovered auth scheme
@@ -53,16 +76,17 @@ export class UpstreamClient {
   /** Tokens docxy itself uses upstream (server-side credentials or anonymous). */
   readonly tokens: TokenCache;
   private readonly dispatcher: Dispatcher;
-  private authScheme?: { value: AuthScheme; at: number };
-  private authSchemeInFlight?: Promise<AuthScheme>;
-  lastPing?: PingState;
+  private readonly logger: Logger | undefined;
+  private authScheme?: LearnedScheme;
+  private authSchemeInFlight?: Promise<void>;
 
-  constructor(config: UpstreamConfig, dispatcher?: Dispatcher) {
+  constructor(config: UpstreamConfig, options: UpstreamClientOptions = {}) {
     this.config = config;
     this.name = config.name;
+    this.logger = options.logger;
     this.tokens = new TokenCache(this);
     this.dispatcher =
-      dispatcher ??
+      options.dispatcher ??
       new Agent({
         connect: { timeout: config.timeouts.connectMs },
         headersTimeout: config.timeouts.headersMs,
@@ -110,63 +134,95 @@ export class UpstreamClient {
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
         throw new UpstreamError('protocol', this.name, `upstream ${this.name} redirected to an unsupported URL scheme ${next.protocol}`);
       }
+      if (url.protocol === 'https:' && next.protocol === 'http:') {
+        throw new UpstreamError('protocol', this.name, `upstream ${this.name} redirected from https to plain http (${next.host}): refused`);
+      }
       // Credentials are for the registry only: never hand them to the CDN it redirects to.
-      if (next.origin !== url.origin) headers = withoutHeader(headers, 'authorization');
+      if (next.origin !== url.origin) headers = crossOriginHeaders(headers);
       if (response.statusCode === 303) method = 'GET';
       url = next;
     }
   }
 
-  /** The upstream's auth scheme, from its `/v2/` challenge; cached, one discovery at a time. */
+  /**
+   * The upstream's auth scheme, from its own `/v2/` challenge; cached, one discovery at a time.
+   * Rejects with an `untrusted` UpstreamError when that challenge names a token realm outside
+   * the upstream's trust boundary (see checkRealm): nothing is sent there.
+   */
   async getAuthScheme(): Promise<AuthScheme> {
-    if (this.authScheme && Date.now() - this.authScheme.at < AUTH_SCHEME_TTL_MS) return this.authScheme.value;
-    this.authSchemeInFlight ??= this.ping()
-      .then(async (response) => {
-        await response.body.dump();
-        return this.authScheme?.value ?? { kind: 'none' as const };
-      })
-      .finally(() => {
-        this.authSchemeInFlight = undefined;
-      });
-    return this.authSchemeInFlight;
+    const learned = this.authScheme;
+    const ttl = learned && 'untrusted' in learned ? UNTRUSTED_SCHEME_TTL_MS : AUTH_SCHEME_TTL_MS;
+    if (!learned || Date.now() - learned.at >= ttl) {
+      this.authSchemeInFlight ??= this.ping()
+        .then((response) => response.body.dump())
+        .finally(() => {
+          this.authSchemeInFlight = undefined;
+        });
+      await this.authSchemeInFlight;
+    }
+    const current = this.authScheme;
+    if (current && 'untrusted' in current) throw current.untrusted;
+    return current?.value ?? { kind: 'none' };
+  }
+
+  /**
+   * Forgets the learned scheme (unless it is very recent) so that the next getAuthScheme() asks
+   * `/v2/` again: for when the upstream refused a token got the learned way.
+   */
+  rediscoverAuthScheme(): void {
+    if (this.authScheme && Date.now() - this.authScheme.at >= REDISCOVER_MIN_AGE_MS) this.authScheme = undefined;
   }
 
   /** The token service name the upstream last advertised, if any (even if that was long ago). */
   knownService(): string | undefined {
-    const scheme = this.authScheme?.value;
-    return scheme?.kind === 'bearer' ? scheme.service : undefined;
+    const learned = this.authScheme;
+    return learned && 'value' in learned && learned.value.kind === 'bearer' ? learned.value.service : undefined;
   }
 
-  /** Sends `GET|HEAD /v2/` upstream, records the answer for readiness and learns the auth scheme. */
+  /** Sends `GET|HEAD /v2/` upstream and learns the auth scheme from the answer. */
   async ping(options: { method?: 'GET' | 'HEAD'; headers?: HeaderValues; signal?: AbortSignal } = {}): Promise<UpstreamResponse> {
-    const started = Date.now();
-    try {
-      const response = await this.request({
-        method: options.method ?? 'GET',
-        target: '/v2/',
-        headers: options.headers ?? {},
-        ...(options.signal ? { signal: options.signal } : {}),
-      });
-      this.lastPing = { ok: response.status < 500, status: response.status, at: Date.now(), ms: Date.now() - started };
-      this.learnAuthScheme(response);
-      return response;
-    } catch (error) {
-      this.lastPing = { ok: false, error: (error as Error).message, at: Date.now(), ms: Date.now() - started };
-      throw error;
-    }
+    const response = await this.request({
+      method: options.method ?? 'GET',
+      target: '/v2/',
+      headers: options.headers ?? {},
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    // A 200 to a client's own credentials says nothing of what anonymous requests need.
+    this.learnAuthScheme(response, options.headers?.authorization !== undefined);
+    return response;
   }
 
-  /** A 401 from any endpoint carries the challenge; remember it. */
-  learnAuthScheme(response: Pick<UpstreamResponse, 'status' | 'headers'>): void {
+  /**
+   * Learns the scheme from the registry's own `/v2/` answer, and from nothing else: a 401 from
+   * another endpoint, or from a CDN a redirect led to, never changes where credentials go.
+   */
+  private learnAuthScheme(response: Pick<UpstreamResponse, 'status' | 'headers'>, authenticated: boolean): void {
     if (response.status === 200) {
-      if (response.headers['www-authenticate'] === undefined && !this.authScheme) {
+      if (!authenticated && response.headers['www-authenticate'] === undefined && !this.authScheme) {
         this.authScheme = { value: { kind: 'none' }, at: Date.now() };
       }
       return;
     }
     if (response.status !== 401) return;
     const scheme = toAuthScheme(response.headers['www-authenticate']);
-    if (scheme) this.authScheme = { value: scheme, at: Date.now() };
+    if (!scheme) return;
+    if (scheme.kind === 'bearer') {
+      const verdict = checkRealm(this.config, scheme.realm);
+      if (!verdict.trusted) return this.refuseRealm(scheme.realm, verdict.reason);
+    }
+    this.authScheme = { value: scheme, at: Date.now() };
+  }
+
+  /** Remembers an untrusted realm: getAuthScheme() rejects until a `/v2/` challenge names another. */
+  private refuseRealm(url: URL, reason: string): void {
+    // Only the origin and path: a query is the upstream's to choose, and no business of logs.
+    const realm = `${url.origin}${url.pathname}`;
+    const previous = this.authScheme;
+    if (!previous || !('untrusted' in previous) || previous.realm !== realm) {
+      this.logger?.warn({ upstream: this.name, realm, reason }, 'untrusted token realm: docxy sends no credentials to it');
+    }
+    const message = `upstream ${this.name} names an untrusted token realm ${realm} (${reason})`;
+    this.authScheme = { untrusted: new UpstreamError('untrusted', this.name, message), realm, at: Date.now() };
   }
 
   async close(): Promise<void> {
@@ -190,8 +246,9 @@ export function toAuthScheme(header: string | string[] | undefined): AuthScheme 
   return basic ? { kind: 'basic', challenge: basic } : undefined;
 }
 
-export function withoutHeader(headers: HeaderValues, name: string): HeaderValues {
+/** The headers a request keeps when a redirect takes it to another origin. */
+function crossOriginHeaders(headers: HeaderValues): HeaderValues {
   const copy: HeaderValues = {};
-  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() !== name) copy[key] = value;
+  for (const [key, value] of Object.entries(headers)) if (CROSS_ORIGIN_HEADERS.has(key.toLowerCase())) copy[key] = value;
   return copy;
 }

@@ -1,6 +1,7 @@
 /** Why a request to an upstream (or the CDN it redirected to) failed without an HTTP answer. */
 /** `auth`: the upstream's token service refused docxy's own (server-side or anonymous) request. */
-export type UpstreamFailure = 'unreachable' | 'timeout' | 'protocol' | 'auth';
+/** `untrusted`: the upstream's challenge names a token realm docxy sends no credentials to. */
+export type UpstreamFailure = 'unreachable' | 'timeout' | 'protocol' | 'auth' | 'untrusted';
 
 export class UpstreamError extends Error {
   readonly kind: UpstreamFailure;
@@ -27,4 +28,9 @@ export function toUpstreamError(error: unknown, upstream: string, target: string
   return new UpstreamError('unreachable', upstream, `upstream ${upstream} (${target}) is unreachable: ${code || reason}`, {
     cause: error,
   });
+}
+
+/** An answer that means the service cannot serve now (5xx, or 429 rate limiting): as good as down. */
+export function isUnavailable(status: number): boolean {
+  return status >= 500 || status === 429;
 }

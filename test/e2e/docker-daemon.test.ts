@@ -80,7 +80,7 @@ describe('dockerd pulls through docxy', { ...e2eGate(TOOLS), timeout: 90_000 }, 
     await Promise.all([pushImages(hub.registry, PUSHER, [{ image: alpine }]), pushImages(ghcr.registry, PUSHER, [{ image: app }])]);
 
     docxy = await startDocxyAtPublicUrl({
-      upstreams: { 'docker.io': { url: hub.registry.url }, 'ghcr.io': { url: ghcr.registry.url } },
+      upstreams: { 'docker.io': hub.registry.docxyUpstream(), 'ghcr.io': ghcr.registry.docxyUpstream() },
     });
     env = await createContainersEnv();
     const snippets = await docxyClientConfig(docxy.configPath, 'docker');

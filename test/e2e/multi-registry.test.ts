@@ -130,12 +130,11 @@ describe('docxy routes pulls to three registries', { ...e2eGate(TOOLS), timeout:
   function upstreamsConfig(options: { corpPasswordFile?: string }): Record<string, unknown> {
     assert.ok(hub && ghcr && corp);
     return {
-      'docker.io': { url: hub.registry.url },
-      'ghcr.io': { url: ghcr.registry.url, hosts: [GHCR_HOST_NAME], aliases: ['gh'] },
-      corp: {
-        url: corp.registry.url,
-        ...(options.corpPasswordFile === undefined ? {} : { username: CORP_USER, passwordFile: options.corpPasswordFile }),
-      },
+      'docker.io': hub.registry.docxyUpstream(),
+      'ghcr.io': ghcr.registry.docxyUpstream({ hosts: [GHCR_HOST_NAME], aliases: ['gh'] }),
+      corp: corp.registry.docxyUpstream(
+        options.corpPasswordFile === undefined ? {} : { username: CORP_USER, passwordFile: options.corpPasswordFile },
+      ),
     };
   }
 

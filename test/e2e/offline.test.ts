@@ -13,9 +13,9 @@ import { E2E_PASSWORD, E2E_USER, startHubUpstream } from './harness/hub-upstream
 import type { TokenServer } from './harness/token-server.ts';
 import type { Registry } from './harness/registry.ts';
 import type { SeededImages, TestImage } from './harness/images.ts';
-import { requestLogs, sameRepo, startDocxy, type Docxy, type RequestLog } from './harness/docxy.ts';
+import { requestLogs, startDocxy, type Docxy } from './harness/docxy.ts';
 import { createContainersEnv, type ContainersEnv } from './harness/containers-env.ts';
-import { checkDirLayout } from './harness/layout-check.ts';
+import { assertServedFromCache as assertCached, linesFor as linesForHarness, pullVerified } from './harness/cached-pull.ts';
 import { httpStatus } from './harness/net.ts';
 import { tail } from './harness/process.ts';
 
@@ -41,7 +41,7 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
 
   before(async () => {
     ({ tokenServer, registry, images } = await startHubUpstream());
-    docxy = await startDocxy({ upstreams: { 'docker.io': { url: registry.url } }, cache: { tagTtlSeconds: TAG_TTL_S } });
+    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, cache: { tagTtlSeconds: TAG_TTL_S } });
     env = await createContainersEnv();
   }, { timeout: 90_000 });
 
@@ -54,53 +54,10 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
     if (errors.length > 0) throw new AggregateError(errors, 'e2e teardown failed');
   });
 
-  /** skopeo copy of `image` through docxy into a new dir: layout, checks every file against the built digests. */
-  async function pull(image: TestImage, name: string, extra: string[] = []): Promise<void> {
-    const { docxy: proxy, env: e } = ready();
-    const dir = join(e.dir, name);
-    const all = image.isList ? ['--all', '--preserve-digests'] : [];
-    await e.skopeo(['copy', '--src-tls-verify=false', ...all, ...extra, `docker://${proxy.host}/${image.repo}:${image.tag}`, `dir:${dir}`], 90_000);
-    const layout = await checkDirLayout(dir);
-    assert.deepEqual(layout.mismatches, [], 'files whose content does not match their digest');
-    assert.equal(layout.manifestDigest, image.digest, 'manifest.json is not the manifest that was pushed');
-    for (const p of image.platforms) {
-      for (const blob of p.blobs) assert.equal(layout.files.get(blob), image.blobSizes[blob], `blob ${blob}`);
-      if (image.isList) assert.equal(layout.files.get(p.manifestDigest), p.manifestSize, `${p.platform.architecture} manifest`);
-    }
-  }
-
-  /** docxy's request lines since `since` for `repo`, once (bounded wait) one for `ref` is there. */
-  async function linesFor(since: number, repo: string, ref: string): Promise<RequestLog[]> {
-    const { docxy: proxy } = ready();
-    const deadline = Date.now() + 3_000;
-    for (;;) {
-      const lines = requestLogs(proxy.logs, since).filter((l) => sameRepo(l.repo, repo));
-      if (lines.some((l) => l.ref === ref)) return lines;
-      assert.ok(Date.now() < deadline, `docxy logged no request for ${repo} ${ref}`);
-      await sleep(50);
-    }
-  }
-
-  /** The offline pull of alpine was answered by docxy alone: the tag stale, the rest from the cache. */
-  async function assertServedFromCache(since: number): Promise<void> {
-    const { docxy: proxy } = ready();
-    const alpine = images.alpine;
-    const lines = await linesFor(since, alpine.repo, alpine.tag);
-    const described = lines.map((l) => `${l.method} ${l.ref} ${l.status} ${String(l.cache)} ${String(l.source)}`).join('\n');
-    const tagLine = lines.find((l) => l.ref === alpine.tag && l.method === 'GET');
-    assert.equal(tagLine?.status, 200, described);
-    assert.equal(tagLine?.cache, 'stale', `the tag is past its TTL and could not be revalidated:\n${described}`);
-    for (const ref of [...alpine.platforms.map((p) => p.manifestDigest), ...alpine.blobs]) {
-      const line = lines.find((l) => l.ref === ref && l.method === 'GET');
-      assert.equal(line?.status, 200, `${ref}:\n${described}`);
-      assert.ok(line.cache === 'hit' || line.cache === 'stale', `${ref} served ${String(line.cache)}:\n${described}`);
-    }
-    // No successful upstream contact: every answer came from the cache or from docxy itself.
-    const all = requestLogs(proxy.logs, since);
-    const fromUpstream = all.filter((l) => l.source === 'upstream' || l.cache === 'miss' || l.cache === 'revalidated' || l.cache === 'bypass');
-    assert.deepEqual(fromUpstream.map((l) => `${l.method} ${String(l.path)} ${l.status}`), [], 'requests answered by the upstream');
-    assert.ok(proxy.logs.slice(since).some((l) => l.msg === 'serving a stale manifest: upstream unavailable'));
-  }
+  // The shared offline checks (harness/cached-pull.ts).
+  const pull = (image: TestImage, name: string, extra: string[] = []) => pullVerified(ready().env, ready().docxy, image, name, { extra });
+  const linesFor = (since: number, repo: string, ref: string) => linesForHarness(ready().docxy, since, repo, ref);
+  const assertServedFromCache = (since: number) => assertCached(ready().docxy, images.alpine, since);
 
   test('online: skopeo pulls library/alpine:3.20 (every platform) and library/big:1 through docxy', { timeout: 90_000 }, async () => {
     const since = ready().docxy.logs.length;

@@ -40,7 +40,7 @@ describe('skopeo and podman pull through docxy', { ...e2eGate(TOOLS), timeout: 1
 
   before(async () => {
     ({ tokenServer, registry, images } = await startHubUpstream());
-    docxy = await startDocxy({ upstreams: { 'docker.io': { url: registry.url } } });
+    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() } });
     env = await createContainersEnv();
   }, { timeout: 90_000 });
 

@@ -34,6 +34,18 @@ export interface FakeRegistryOptions {
   auth?: 'bearer' | 'basic' | 'none';
   /** Lifetime of issued tokens, seconds. */
   tokenLifetime?: number;
+  /**
+   * Hide private repositories behind 404 (as some registries do): a valid token that does not
+   * grant the repository gets 404 MANIFEST_UNKNOWN / BLOB_UNKNOWN instead of 401.
+   */
+  hidePrivateRepos?: boolean;
+}
+
+/** One platform of a multi-platform image. */
+export interface FakePlatform {
+  image: FakeImage;
+  architecture: string;
+  os?: string;
 }
 
 export interface FakeRegistry {
@@ -44,6 +56,18 @@ export interface FakeRegistry {
   seen: SeenRequest[];
   images: Map<string, FakeImage>;
   addImage(repository: string, tag: string, layers: Buffer[]): FakeImage;
+  /**
+   * This registry as an entry of docxy's `upstreams`: its URL, and its token service (plain http
+   * on another port, so another origin) in `trustedRealms`; `extra` adds or overrides fields.
+   */
+  docxyUpstream(extra?: Record<string, unknown>): Record<string, unknown>;
+  /**
+   * Tags a multi-platform image: an OCI index (`oci`, the default) or a Docker manifest list
+   * (`docker`) over images already added to `repository`. As Distribution and Docker Hub do, a
+   * request by tag whose Accept lacks the index's type gets, for a Docker manifest list, the
+   * linux/amd64 manifest instead, and for an OCI index a 404 MANIFEST_UNKNOWN.
+   */
+  addIndex(repository: string, tag: string, platforms: FakePlatform[], kind?: 'oci' | 'docker'): FakeImage;
   /** Replace the handling of a path (a test's fault injection); return true when handled. */
   intercept?: (req: IncomingMessage, res: ServerResponse, server: SeenRequest['server']) => boolean | Promise<boolean>;
   close(): Promise<void>;
@@ -51,6 +75,16 @@ export interface FakeRegistry {
 
 const SERVICE = 'fake-registry.test';
 const MANIFEST_TYPE = 'application/vnd.docker.distribution.manifest.v2+json';
+const INDEX_TYPES = { oci: 'application/vnd.oci.image.index.v1+json', docker: 'application/vnd.docker.distribution.manifest.list.v2+json' };
+
+interface StoredManifest {
+  body: Buffer;
+  digest: string;
+  mediaType: string;
+  repository: string;
+  /** A manifest list's linux/amd64 manifest, for clients that cannot take the list. */
+  fallback?: StoredManifest;
+}
 
 export function sha256(data: Buffer | string): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
@@ -67,7 +101,7 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
   const seen: SeenRequest[] = [];
   const images = new Map<string, FakeImage>();
   const blobs = new Map<string, Buffer>();
-  const manifests = new Map<string, { body: Buffer; digest: string; mediaType: string; repository: string }>();
+  const manifests = new Map<string, StoredManifest>();
   /** token -> granted repository names */
   const tokens = new Map<string, { repos: Set<string>; user?: string }>();
   let tokenCounter = 0;
@@ -98,6 +132,32 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
       manifests.set(`${repository}@${image.manifestDigest}`, entry);
       images.set(`${repository}:${tag}`, image);
       return image;
+    },
+    addIndex(repository, tag, platforms, kind = 'oci') {
+      const mediaType = INDEX_TYPES[kind];
+      const body = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType,
+          manifests: platforms.map((p) => ({
+            mediaType: p.image.mediaType,
+            size: p.image.manifest.length,
+            digest: p.image.manifestDigest,
+            platform: { architecture: p.architecture, os: p.os ?? 'linux' },
+          })),
+        }),
+      );
+      const index: FakeImage = { repository, tag, manifest: body, manifestDigest: sha256(body), mediaType, blobs: new Map() };
+      const amd64 = platforms.find((p) => p.architecture === 'amd64' && (p.os ?? 'linux') === 'linux');
+      const fallback = kind === 'docker' && amd64 ? manifests.get(`${repository}@${amd64.image.manifestDigest}`) : undefined;
+      const entry: StoredManifest = { body, digest: index.manifestDigest, mediaType, repository, ...(fallback ? { fallback } : {}) };
+      manifests.set(`${repository}:${tag}`, entry);
+      manifests.set(`${repository}@${index.manifestDigest}`, entry);
+      images.set(`${repository}:${tag}`, index);
+      return index;
+    },
+    docxyUpstream(extra = {}) {
+      return { url: registry.url, trustedRealms: [new URL(registry.tokenUrl).origin], ...extra };
     },
     async close() {
       await Promise.all(servers.map((s) => closeServer(s)));
@@ -182,6 +242,11 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
     if (!match) return json(res, 404, errors('NOT_FOUND', 'not found'), headers);
     const [, repository, kind, ref] = match as unknown as [string, string, string, string];
     const scope = `repository:${repository}:pull`;
+    if (bearer && !bearer.repos.has(repository) && options.hidePrivateRepos) {
+      return kind === 'blobs'
+        ? json(res, 404, errors('BLOB_UNKNOWN', 'blob unknown to registry'), headers)
+        : json(res, 404, errors('MANIFEST_UNKNOWN', 'manifest unknown'), headers);
+    }
     if (!bearer || !bearer.repos.has(repository)) {
       return json(res, 401, errors('UNAUTHORIZED', 'authentication required'), {
         ...headers,
@@ -193,8 +258,13 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
       return json(res, 200, { name: repository, tags }, headers);
     }
     if (kind === 'manifests') {
-      const manifest = manifests.get(ref.includes(':') ? `${repository}@${ref}` : `${repository}:${ref}`);
+      let manifest = manifests.get(ref.includes(':') ? `${repository}@${ref}` : `${repository}:${ref}`);
       if (!manifest) return json(res, 404, errors('MANIFEST_UNKNOWN', 'manifest unknown'), headers);
+      // Distribution's rule for a tag naming an index the client's Accept lacks (`*/*` does not count).
+      if (!ref.includes(':') && Object.values(INDEX_TYPES).includes(manifest.mediaType) && !acceptValues(req).includes(manifest.mediaType)) {
+        if (!manifest.fallback) return json(res, 404, errors('MANIFEST_UNKNOWN', 'OCI index found, but accept header does not support OCI indexes'), headers);
+        manifest = manifest.fallback;
+      }
       const limits = options.rateLimit ? { 'ratelimit-limit': '100;w=21600', 'ratelimit-remaining': '99;w=21600', 'docker-ratelimit-source': '127.0.0.1' } : {};
       const etag = `"${manifest.digest}"`;
       const common = { ...headers, ...limits, 'docker-content-digest': manifest.digest, etag, 'content-type': manifest.mediaType };
@@ -220,6 +290,11 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
   registry.tokenUrl = `${urls[1]}/token`;
   registry.cdnUrl = urls[2]!;
   return registry;
+}
+
+/** The media types a request's Accept headers name, parameters dropped. */
+function acceptValues(req: IncomingMessage): string[] {
+  return (req.headersDistinct.accept ?? []).flatMap((value) => value.split(',')).map((value) => value.split(';')[0]!.trim());
 }
 
 export function errors(code: string, message: string) {

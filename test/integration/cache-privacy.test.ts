@@ -43,7 +43,7 @@ describe('cache privacy: cached content is only served to clients who may read i
       }
       return false;
     };
-    docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, cache: { accessTtlSeconds: ACCESS_TTL_S } });
+    docxy = await startDocxy({ upstreams: { 'docker.io': upstream.docxyUpstream() }, cache: { accessTtlSeconds: ACCESS_TTL_S } });
   });
   after(async () => {
     await operated?.close();
@@ -183,7 +183,7 @@ describe('cache privacy: cached content is only served to clients who may read i
   });
 
   test('with server-side credentials an anonymous client reads the private repository, which is marked public', async () => {
-    operated = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url, username: 'alice', password: 'pw' } } });
+    operated = await startDocxy({ upstreams: { 'docker.io': upstream.docxyUpstream({ username: 'alice', password: 'pw' }) } });
     const token = await tokenFor(operated.url, 'alice/secret');
     assert.equal(token, 'docxy-anonymous', 'docxy authenticates for the client');
     await pull(operated.url, secret, token);

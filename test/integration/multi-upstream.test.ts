@@ -35,9 +35,9 @@ describe('several upstreams on one listener', () => {
       publicUrl,
       cache: { enabled: false },
       upstreams: {
-        'docker.io': { url: hub.url },
-        'ghcr.io': { url: ghcr.url, hosts: ['ghcr.mirror.test'], aliases: ['gh'] },
-        corp: { url: corp.url, username: 'bot', password: 's3cret' },
+        'docker.io': hub.docxyUpstream(),
+        'ghcr.io': ghcr.docxyUpstream({ hosts: ['ghcr.mirror.test'], aliases: ['gh'] }),
+        corp: corp.docxyUpstream({ username: 'bot', password: 's3cret' }),
         plain: { url: plain.url, username: 'ops', passwordEnv: 'DOCXY_TEST_PLAIN_PW' },
       },
     }, { DOCXY_TEST_PLAIN_PW: 'pw' });
@@ -193,7 +193,7 @@ describe('credentials: neither server-side nor client-side', () => {
   before(async () => {
     corp = await startFakeRegistry({ users: { bot: 's3cret' }, privateRepos: ['team/private'] });
     corp.addImage('team/private', '1', [Buffer.from('private')]);
-    docxy = await startDocxy({ cache: { enabled: false }, upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' }, corp: { url: corp.url } } });
+    docxy = await startDocxy({ cache: { enabled: false }, upstreams: { 'docker.io': { url: 'http://127.0.0.1:9' }, corp: corp.docxyUpstream() } });
   });
   after(async () => {
     await docxy?.close();

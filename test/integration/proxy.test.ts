@@ -24,7 +24,7 @@ describe('transparent proxy in front of a Docker-Hub-like registry', () => {
     nginx = upstream.addImage('library/nginx', '1.27', [Buffer.alloc(300_000, 1), Buffer.from('second layer')]);
     secret = upstream.addImage('alice/secret', 'v1', [Buffer.from('private bytes')]);
     // The transparent proxy of issue 2: nothing cached, so every request shows upstream.
-    docxy = await startDocxy({ publicUrl, cache: { enabled: false }, upstreams: { 'docker.io': { url: upstream.url } } });
+    docxy = await startDocxy({ publicUrl, cache: { enabled: false }, upstreams: { 'docker.io': upstream.docxyUpstream() } });
   });
   after(async () => {
     await docxy?.close();
@@ -291,7 +291,7 @@ describe('upstream failures', () => {
     image = upstream.addImage('library/app', '1', [Buffer.from('layer')]);
     docxy = await startDocxy({
       cache: { enabled: false },
-      upstreams: { 'docker.io': { url: upstream.url, timeouts: { headersMs: 500, bodyIdleMs: 500 } } },
+      upstreams: { 'docker.io': upstream.docxyUpstream({ timeouts: { headersMs: 500, bodyIdleMs: 500 } }) },
     });
   });
   after(async () => {

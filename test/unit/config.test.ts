@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, loadConfig, resolveConfig, type ConfigProblem } from '../../src/config/load.ts';
+import { ConfigError, displayUrl, loadConfig, resolveConfig, type ConfigProblem } from '../../src/config/load.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/docxy.js', import.meta.url));
 const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -219,6 +219,32 @@ describe('resolveConfig: every invalid field is named with its path', () => {
     problemAt(problemsOf(() => resolveConfig({ publicUrl: 'https://mirror.example.com/?a=1' })), 'publicUrl');
   });
 
+  test('a URL with a password and no username is refused, and the message masks the password', () => {
+    const secret = 'pw-S3CRET-only';
+    const problems = problemsOf(() =>
+      resolveConfig({ publicUrl: `https://:${secret}@mirror.example.com`, upstreams: { 'docker.io': { url: `http://:${secret}@127.0.0.1:5000` } } }),
+    );
+    for (const path of ['publicUrl', 'upstreams.docker.io.url']) {
+      const { message } = problemAt(problems, path);
+      assert.ok(!message.includes(secret), `${path}: ${message}`);
+      assert.match(message, /\*\*\*@/);
+    }
+    const tricky = problemAt(problemsOf(() => resolveConfig({ publicUrl: `https://u:p@${secret}@mirror.example.com` })), 'publicUrl');
+    assert.ok(!tricky.message.includes(secret), tricky.message);
+  });
+
+  test('trustedRealms entries must be http(s) URLs without credentials, query or fragment', () => {
+    const problems = problemsOf(() =>
+      resolveConfig({
+        upstreams: { corp: { url: 'http://127.0.0.1:5000', trustedRealms: ['http://127.0.0.1:5001', 'ftp://x', 'http://u:pw@x', 'http://x/?q=1', 7] } },
+        defaultUpstream: 'corp',
+      }),
+    );
+    for (const index of [1, 2, 3, 4]) problemAt(problems, `upstreams.corp.trustedRealms.${index}`);
+    assert.ok(!problems.some((p) => p.path === 'upstreams.corp.trustedRealms.0'));
+    assert.ok(!JSON.stringify(problems).includes('pw'), 'a password in a trustedRealms entry was echoed');
+  });
+
   test('every schema problem is reported at once', () => {
     const problems = problemsOf(() =>
       resolveConfig({ listen: 'nowhere', publicUrl: 'ftp://x', extra: 1, upstreams: { 'docker.io': { url: 'nope' } } }),
@@ -260,6 +286,29 @@ describe('resolveConfig: every invalid field is named with its path', () => {
     assert.match(error.message, /docxy\.yaml/);
     assert.match(error.message, /^ {2}- listen: /m);
     assert.match(error.message, /^ {2}- defaultUpstream: /m);
+  });
+});
+
+describe('resolveConfig: token realm trust', () => {
+  test('trustedRealms become origins; a preset with its own URL knows its token hosts', () => {
+    const config = resolveConfig({
+      upstreams: {
+        'docker.io': {},
+        corp: { url: 'http://127.0.0.1:5000', trustedRealms: ['http://127.0.0.1:5001/token', 'HTTPS://Auth.Corp.Test:443'] },
+        'ghcr.io': { url: 'https://ghcr-mirror.corp.test' },
+      },
+    });
+    assert.deepEqual(config.upstreams.get('corp')?.trustedRealms, ['http://127.0.0.1:5001', 'https://auth.corp.test']);
+    assert.deepEqual(config.upstreams.get('docker.io')?.trustedRealms, []);
+    assert.deepEqual(config.upstreams.get('docker.io')?.tokenHosts, ['auth.docker.io']);
+    assert.equal(config.upstreams.get('corp')?.tokenHosts, undefined);
+    assert.equal(config.upstreams.get('ghcr.io')?.tokenHosts, undefined, 'another URL: not the preset registry');
+  });
+
+  test('displayUrl masks any userinfo, a password alone included', () => {
+    assert.equal(displayUrl(new URL('http://:pw@host:5000/x')), 'http://***@host:5000/x');
+    assert.equal(displayUrl(new URL('https://user:pw@host/')), 'https://***@host/');
+    assert.equal(displayUrl(new URL('https://host/')), 'https://host/');
   });
 });
 
@@ -395,6 +444,16 @@ describe('the docxy CLI', { concurrency: 2 }, () => {
     assert.equal(printed.upstreams['docker.io']?.credentials?.username, 'alice');
     assert.match(printed.upstreams['docker.io']?.credentials?.password ?? '', /^\*+$/);
     assert.equal(printed.upstreams['ghcr.io']?.credentials, null);
+  });
+
+  test('config check with a password-only URL exits 2 without printing the password', async () => {
+    const secret = 'pw-S3CRET-cli';
+    const path = file('cli-userinfo.yaml', ['upstreams:', '  docker.io:', `    url: "http://:${secret}@127.0.0.1:5000"`, `publicUrl: "https://:${secret}@mirror.test"`, ''].join('\n'));
+    const { code, stdout, stderr } = await docxy(['config', 'check', '--config', path]);
+    assert.equal(code, 2, stdout);
+    assert.ok(!stdout.includes(secret) && !stderr.includes(secret), stderr);
+    assert.match(stderr, /upstreams\.docker\.io\.url/);
+    assert.match(stderr, /publicUrl/);
   });
 
   test('--help lists the commands', async () => {

@@ -60,3 +60,22 @@ test('no sweep work below the limit; maxBytes 0 means unlimited', async () => {
   assert.equal((await unlimited.sweep()).removed, 0);
   assert.ok(await store.has('blob', kept));
 });
+
+test('fills reserve room within maxBytes with what is stored; least recently used content makes room; none beyond', async () => {
+  const old = await blob(6, 1000, 500);
+  const evictor = new Evictor({ store, maxBytes: 4000 });
+  await evictor.sweep(); // counts what is stored
+  const stored = evictor.usage().storedBytes!;
+  assert.ok(stored >= 1000);
+  assert.equal(await evictor.reserve(4001), undefined, 'larger than the whole cache');
+  const release = await evictor.reserve(3000);
+  assert.ok(release, 'fits once older content is evicted');
+  assert.equal(evictor.usage().inFlightBytes, 3000);
+  assert.equal(await store.has('blob', old), false, 'the least recently used blob made room');
+  assert.ok(evictor.usage().storedBytes! + 3000 <= 4000);
+  assert.equal(await evictor.reserve(1500), undefined, 'in-flight bytes count: 3000 + 1500 > 4000');
+  release();
+  release(); // once only
+  assert.equal(evictor.usage().inFlightBytes, 0);
+  assert.ok(await evictor.reserve(1500));
+});

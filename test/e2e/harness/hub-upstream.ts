@@ -14,7 +14,15 @@ export interface HubUpstream {
   images: SeededImages;
 }
 
-export async function startHubUpstream(): Promise<HubUpstream> {
+export interface HubUpstreamOptions {
+  /**
+   * The token realm Distribution announces, given the started token server (e.g. the URL of a
+   * front before it); default the token server's own URL.
+   */
+  realm?: (tokenServer: TokenServer) => Promise<string>;
+}
+
+export async function startHubUpstream(options: HubUpstreamOptions = {}): Promise<HubUpstream> {
   const tokenServer = await createTokenServer({
     service: 'registry.docker.io',
     issuer: 'docxy-e2e-token-issuer',
@@ -22,7 +30,8 @@ export async function startHubUpstream(): Promise<HubUpstream> {
     privateRepos: PRIVATE_REPOS,
   });
   try {
-    const registry = await startRegistry({ tokenServer, service: 'registry.docker.io', cdn: true });
+    const realm = options.realm === undefined ? tokenServer.url : await options.realm(tokenServer);
+    const registry = await startRegistry({ tokenServer, service: 'registry.docker.io', cdn: true, realm });
     try {
       const images = await seedImages(registry, { user: E2E_USER, password: E2E_PASSWORD });
       return { tokenServer, registry, images };

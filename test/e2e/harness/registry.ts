@@ -15,6 +15,8 @@ export interface RegistryOptions {
   service?: string;
   /** Serve blobs through a 307 to an nginx "CDN". */
   cdn?: boolean;
+  /** The realm the challenge announces, when clients reach the token server another way (a front); default tokenServer.url. */
+  realm?: string;
 }
 
 /** One line of Distribution's access log (or of nginx's, for the CDN). */
@@ -42,6 +44,11 @@ export interface Registry {
   cdnLog(): Promise<AccessLogEntry[]>;
   /** Distribution's own stderr so far, for diagnostics. */
   stderr(): string;
+  /**
+   * This registry as an entry of docxy's `upstreams`: its URL, and the origin of the realm it
+   * announces (plain http on another port) in `trustedRealms`; `extra` adds or overrides fields.
+   */
+  docxyUpstream(extra?: Record<string, unknown>): Record<string, unknown>;
   stop(): Promise<void>;
 }
 
@@ -68,7 +75,8 @@ export async function startRegistry(options: RegistryOptions): Promise<Registry>
       children.push(nginx.child);
       cdn = { url: nginx.url, logPath: nginx.logPath };
     }
-    const registry = await startDistribution(dir, storageDir, service, options.tokenServer, cdn?.url);
+    const realm = options.realm ?? options.tokenServer.url;
+    const registry = await startDistribution(dir, storageDir, service, options.tokenServer, realm, cdn?.url);
     children.push(registry.child);
     const result: Registry = {
       url: `http://${registry.host}`,
@@ -80,6 +88,7 @@ export async function startRegistry(options: RegistryOptions): Promise<Registry>
           ? []
           : parseCdnLog(await readFile(cdn.logPath, 'utf8').catch(() => '')).filter((e) => e.path !== READY_PATH),
       stderr: registry.stderr,
+      docxyUpstream: (extra = {}) => ({ url: `http://${registry.host}`, trustedRealms: [new URL(realm).origin], ...extra }),
       stop: cleanup,
     };
     if (cdn !== undefined) result.cdnUrl = cdn.url;
@@ -102,6 +111,7 @@ async function startDistribution(
   storageDir: string,
   service: string,
   tokenServer: TokenServer,
+  realm: string,
   cdnUrl: string | undefined,
 ): Promise<Started> {
   const configPath = join(dir, 'config.yml');
@@ -119,7 +129,7 @@ async function startDistribution(
       http: { addr: host, secret: 'docxy-e2e-secret' },
       auth: {
         token: {
-          realm: tokenServer.url,
+          realm,
           service,
           issuer: tokenServer.issuer,
           rootcertbundle: tokenServer.certPath,
