@@ -3,7 +3,8 @@
 // broken (with the bytes that broke it); exits 1 when any was.
 import { parseArgs } from 'node:util';
 import { formatSeed, parseSeed } from '../test/fuzz/prng.ts';
-import { formatFuzzReport, runFuzz } from '../test/fuzz/run-fuzz.ts';
+import { formatFuzzReport } from '../test/fuzz/fuzz-report.ts';
+import { runFuzz } from '../test/fuzz/run-fuzz.ts';
 
 const { values } = parseArgs({
   options: {

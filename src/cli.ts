@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { createApp } from './app.ts';
 import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
-import { cacheUsage, listTags, prune, verify } from './cache/cache-admin.ts';
+import { cacheUsage, listTags, prune, verify } from './core/cache-admin.ts';
 import { ConfigError, displayUrl, loadConfig, type Config } from './config/load.ts';
 import { parseByteSize } from './config/schema.ts';
 import { createContentStore } from './storage/content-store.ts';

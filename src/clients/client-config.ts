@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { Config, UpstreamConfig } from '../config/load.ts';
-import { registryHost } from '../proxy/route-resolver.ts';
+import { registryHost } from '../core/route-resolver.ts';
 
 export const CLIENT_KINDS = ['docker', 'containerd', 'podman', 'kubernetes'] as const;
 export type ClientKind = (typeof CLIENT_KINDS)[number];

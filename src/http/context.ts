@@ -1,9 +1,9 @@
-import type { CacheOutcome, CacheStats } from '../cache/cache-stats.ts';
+import type { CacheOutcome, CacheStats } from '../observability/cache-stats.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from '../config/load.ts';
 import type { Logger } from '../observability/logger.ts';
-import type { RegistryProxy } from '../proxy/registry-proxy.ts';
-import type { RouteResolver } from '../proxy/route-resolver.ts';
+import type { RegistryProxy } from '../core/registry-proxy.ts';
+import type { RouteResolver } from '../core/route-resolver.ts';
 import type { UpstreamClient } from '../upstream/upstream-client.ts';
 
 /** Everything a request handler needs, built once by the app. */

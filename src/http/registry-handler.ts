@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
-import type { RegistryRequest } from '../proxy/registry-proxy.ts';
+import type { RegistryRequest } from '../core/registry-proxy.ts';
 import type { UpstreamConfig } from '../config/load.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { formatChallenge, rewriteChallengeRealm } from '../upstream/challenge.ts';

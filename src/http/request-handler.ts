@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
-import type { CacheStats } from '../cache/cache-stats.ts';
+import type { CacheStats } from '../observability/cache-stats.ts';
 import type { HttpContext, RequestLog } from './context.ts';
 import { sendJson, writeError } from './error-writer.ts';
 import { clientAddress } from './public-base.ts';

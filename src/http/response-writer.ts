@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import type { ProxyResponse } from '../proxy/registry-proxy.ts';
+import type { ProxyResponse } from '../core/registry-proxy.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER } from './error-writer.ts';

@@ -7,7 +7,7 @@ import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { sendProxyResponse } from './response-writer.ts';
 import { sendJson } from './error-writer.ts';
-import { docxyTokenResponse } from '../proxy/client-token.ts';
+import { docxyTokenResponse } from '../core/client-token.ts';
 import type { AuthScheme } from '../upstream/upstream-client.ts';
 import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
 

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { parseDigest } from '../../src/oci/digest.ts';
 import { isValidRepositoryName, parseReference } from '../../src/oci/reference.ts';
-import type { Prng } from './prng.ts';
+import { Prng } from './prng.ts';
 
 export const CATEGORIES = ['path', 'name', 'digest', 'reference', 'method', 'header', 'query', 'body', 'slow', 'abort', 'valid'] as const;
 export type Category = (typeof CATEGORIES)[number];
@@ -750,30 +750,64 @@ function slow(rng: Prng, world: FuzzWorld): Draft {
 }
 
 function validRequest(rng: Prng, world: FuzzWorld): Draft {
+  return validDraft(world, rng.pick(VALID_KINDS), rng);
+}
+
+export const VALID_KINDS = [
+  'ping', 'token', 'manifest', 'manifest-short-name', 'manifest-head', 'config', 'layer', 'layer-range', 'tags', 'prefix', 'ns', 'host', 'health', 'ready',
+] as const;
+export type ValidKind = (typeof VALID_KINDS)[number];
+
+/** A request a real client makes, and the answer it must get (outside the seeded stream: warm-up, final checks). */
+export function validCase(world: FuzzWorld, kind: ValidKind, rng: Prng = new Prng(0)): ClientCase {
+  return { ...validDraft(world, kind, rng), id: -1, category: 'valid', transport: 'client' };
+}
+
+function validDraft(world: FuzzWorld, kind: ValidKind, rng: Prng): Omit<ClientCase, 'id' | 'category' | 'transport'> {
   const { image, corp } = world;
   const auth = { authorization: `Bearer ${world.token}` };
   const accept = { accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json' };
-  const sha = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
   const layerPath = `/v2/${image.repository}/blobs/${image.layerDigest}`;
-  const choices: Array<() => Draft> = [
-    () => ({ kind: 'valid-ping', method: 'GET', path: '/v2/', headers: {}, expectStatus: 401 }),
-    () => ({ kind: 'valid-token', method: 'GET', path: `/auth/token?service=x&scope=repository:${image.repository}:pull`, headers: {}, expectStatus: 200 }),
-    () => ({ kind: 'valid-manifest', method: 'GET', path: `/v2/${image.repository}/manifests/${image.tag}`, headers: { ...auth, ...accept }, expectStatus: 200, expectDigest: image.manifestDigest }),
-    () => ({ kind: 'valid-manifest-short-name', method: 'GET', path: `/v2/alpine/manifests/${image.manifestDigest}`, headers: { ...auth, ...accept }, expectStatus: 200, expectDigest: image.manifestDigest }),
-    () => ({ kind: 'valid-manifest-head', method: 'HEAD', path: `/v2/${image.repository}/manifests/${image.tag}`, headers: { ...auth, ...accept }, expectStatus: 200 }),
-    () => ({ kind: 'valid-config', method: 'GET', path: `/v2/${image.repository}/blobs/${image.configDigest}`, headers: auth, expectStatus: 200, expectDigest: image.configDigest }),
-    () => ({ kind: 'valid-layer', method: 'GET', path: layerPath, headers: auth, expectStatus: 200, expectDigest: image.layerDigest }),
-    () => {
+  const request = (method: 'GET' | 'HEAD', path: string, headers: Record<string, string>, expectStatus: number, expectDigest?: string) => ({
+    kind: `valid-${kind}`,
+    method,
+    path,
+    headers,
+    expectStatus,
+    ...(expectDigest ? { expectDigest } : {}),
+  });
+  switch (kind) {
+    case 'ping':
+      return request('GET', '/v2/', {}, 401);
+    case 'token':
+      return request('GET', `/auth/token?service=x&scope=repository:${image.repository}:pull`, {}, 200);
+    case 'manifest':
+      return request('GET', `/v2/${image.repository}/manifests/${image.tag}`, { ...auth, ...accept }, 200, image.manifestDigest);
+    case 'manifest-short-name':
+      return request('GET', `/v2/alpine/manifests/${image.manifestDigest}`, { ...auth, ...accept }, 200, image.manifestDigest);
+    case 'manifest-head':
+      return request('HEAD', `/v2/${image.repository}/manifests/${image.tag}`, { ...auth, ...accept }, 200);
+    case 'config':
+      return request('GET', `/v2/${image.repository}/blobs/${image.configDigest}`, auth, 200, image.configDigest);
+    case 'layer':
+      return request('GET', layerPath, auth, 200, image.layerDigest);
+    case 'layer-range': {
       const start = rng.int(0, image.layer.length - 2);
       const end = rng.int(start, image.layer.length - 1);
-      return { kind: 'valid-layer-range', method: 'GET', path: layerPath, headers: { ...auth, range: `bytes=${start}-${end}` }, expectStatus: 206, expectDigest: sha(image.layer.subarray(start, end + 1)) };
-    },
-    () => ({ kind: 'valid-tags', method: 'GET', path: `/v2/${image.repository}/tags/list`, headers: auth, expectStatus: 200 }),
-    () => ({ kind: 'valid-prefix', method: 'GET', path: `/v2/${corp.prefix}/${corp.repository}/manifests/${corp.tag}`, headers: { ...auth, ...accept }, expectStatus: 200, expectDigest: corp.manifestDigest }),
-    () => ({ kind: 'valid-ns', method: 'GET', path: `/v2/${corp.repository}/manifests/${corp.tag}?ns=${corp.prefix}`, headers: { ...auth, ...accept }, expectStatus: 200, expectDigest: corp.manifestDigest }),
-    () => ({ kind: 'valid-host', method: 'GET', path: `/v2/${corp.repository}/blobs/${corp.layerDigest}`, headers: { ...auth, host: corp.hostName }, expectStatus: 200, expectDigest: corp.layerDigest }),
-    () => ({ kind: 'valid-health', method: 'GET', path: '/health', headers: {}, expectStatus: 200 }),
-    () => ({ kind: 'valid-ready', method: 'GET', path: '/ready', headers: {}, expectStatus: 200 }),
-  ];
-  return rng.pick(choices)();
+      const digest = `sha256:${createHash('sha256').update(image.layer.subarray(start, end + 1)).digest('hex')}`;
+      return request('GET', layerPath, { ...auth, range: `bytes=${start}-${end}` }, 206, digest);
+    }
+    case 'tags':
+      return request('GET', `/v2/${image.repository}/tags/list`, auth, 200);
+    case 'prefix':
+      return request('GET', `/v2/${corp.prefix}/${corp.repository}/manifests/${corp.tag}`, { ...auth, ...accept }, 200, corp.manifestDigest);
+    case 'ns':
+      return request('GET', `/v2/${corp.repository}/manifests/${corp.tag}?ns=${corp.prefix}`, { ...auth, ...accept }, 200, corp.manifestDigest);
+    case 'host':
+      return request('GET', `/v2/${corp.repository}/blobs/${corp.layerDigest}`, { ...auth, host: corp.hostName }, 200, corp.layerDigest);
+    case 'health':
+      return request('GET', '/health', {}, 200);
+    case 'ready':
+      return request('GET', '/ready', {}, 200);
+  }
 }

@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatSeed, parseSeed } from '../fuzz/prng.ts';
-import { formatFuzzReport, runFuzz } from '../fuzz/run-fuzz.ts';
+import { formatFuzzReport } from '../fuzz/fuzz-report.ts';
+import { runFuzz } from '../fuzz/run-fuzz.ts';
 
 const DEFAULT_SEED = 0x0d0c4e7;
 const seed = process.env.DOCXY_FUZZ_SEED ? parseSeed(process.env.DOCXY_FUZZ_SEED) : DEFAULT_SEED;

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { BlobFill, FillBypassError, type FillResponse } from '../../src/cache/blob-fill.ts';
+import { BlobFill, FillBypassError, type FillResponse } from '../../src/core/blob-fill.ts';
 import { parseDigest, type Digest } from '../../src/oci/digest.ts';
 import type { StorageWriter } from '../../src/storage/storage-driver.ts';
 

@@ -3,7 +3,7 @@ import { mkdtemp, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { Evictor } from '../../src/cache/evictor.ts';
+import { Evictor } from '../../src/core/evictor.ts';
 import { parseDigest } from '../../src/oci/digest.ts';
 import { contentKey, createContentStore, type ContentStore } from '../../src/storage/content-store.ts';
 import { createFsDriver } from '../../src/storage/fs-driver.ts';

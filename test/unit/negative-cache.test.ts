@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { NEGATIVE_CACHE_ENTRIES, NegativeCache } from '../../src/cache/negative-cache.ts';
+import { NEGATIVE_CACHE_ENTRIES, NegativeCache } from '../../src/core/negative-cache.ts';
 
 /** A cache on a clock the test moves. */
 function cacheAt(options: { ttlMs: number; maxEntries?: number }) {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../../src/config/load.ts';
-import { createRouteResolver, type RouteHints } from '../../src/proxy/route-resolver.ts';
+import { createRouteResolver, type RouteHints } from '../../src/core/route-resolver.ts';
 
 const config = resolveConfig({
   upstreams: {

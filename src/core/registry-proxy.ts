@@ -3,7 +3,7 @@ import type { Digest } from '../oci/digest.ts';
 import type { HeaderValues, UpstreamClient, UpstreamResponse } from '../upstream/upstream-client.ts';
 import { fetchUpstream } from './upstream-fetch.ts';
 import type { Target } from './route-resolver.ts';
-import type { CacheOutcome } from '../cache/cache-stats.ts';
+import type { CacheOutcome } from '../observability/cache-stats.ts';
 
 export interface RegistryRequest {
   target: Target;

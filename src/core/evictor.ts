@@ -1,7 +1,7 @@
 import type { Logger } from '../observability/logger.ts';
 import { contentKey, type ContentKind, type ContentStore } from '../storage/content-store.ts';
 import { parseDigest } from '../oci/digest.ts';
-import type { CacheStats } from './cache-stats.ts';
+import type { CacheStats } from '../observability/cache-stats.ts';
 
 /** After a sweep the cache is at most this share of maxSize, so sweeps do not run on every fill. */
 const LOW_WATER = 0.9;
