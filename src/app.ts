@@ -2,14 +2,15 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { once } from 'node:events';
-import { displayUrl, type Config } from './config/load.ts';
-import type { ListenAddress } from './config/schema.ts';
+import { displayUrl } from './config/credentials.ts';
+import type { Config, ListenAddress } from './config/types.ts';
 import { ConnectionLimiter } from './http/connection-limiter.ts';
 import { createRequestHandler } from './http/request-handler.ts';
 import type { HttpContext } from './http/context.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
-import { createPassThroughProxy, type RegistryProxy } from './core/registry-proxy.ts';
-import { createCachingProxy } from './core/caching-proxy.ts';
+import { createPassThroughRegistry } from './core/pass-through-registry.ts';
+import type { Registry } from './core/registry.ts';
+import { createCachingRegistry } from './core/caching-registry.ts';
 import { CacheIndex } from './core/cache-index.ts';
 import { CacheStats } from './observability/cache-stats.ts';
 import { Evictor } from './core/evictor.ts';
@@ -17,6 +18,10 @@ import { createContentStore } from './storage/content-store.ts';
 import { createFsDriver } from './storage/fs-driver.ts';
 import { createRouteResolver } from './core/route-resolver.ts';
 import { UpstreamClient } from './upstream/upstream-client.ts';
+import { createUpstreamRegistry, type UpstreamRegistry } from './upstream/upstream-registry.ts';
+import { createTokenService } from './core/token-service.ts';
+import { PingService } from './core/ping-service.ts';
+import { withCacheCounters } from './core/counted-registry.ts';
 import { VERSION } from './version.ts';
 
 export interface App {
@@ -24,6 +29,13 @@ export interface App {
   listen(): Promise<string>;
   /** Stops accepting, lets in-flight transfers finish for up to `graceMs`, then closes the rest. */
   close(graceMs?: number): Promise<void>;
+  /**
+   * Resolves once the cache's background work has settled: no blob fill is in progress, and each
+   * has finished its bookkeeping (the blob committed or dropped, its repository link and
+   * visibility written, counters and eviction accounting updated). Resolves at once without a
+   * cache. For tests and orderly tooling: wait on this, not on files appearing in the data dir.
+   */
+  settled(): Promise<void>;
   readonly url: string;
   readonly logger: Logger;
 }
@@ -42,15 +54,16 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     if (!client) throw new Error(`upstream ${name} is not configured`);
     return client;
   };
-  const passThrough = createPassThroughProxy(upstream);
-  const cache = config.cache.enabled ? createCache(config, upstream, passThrough, logger) : undefined;
+  const upstreamRegistry = createUpstreamRegistry(upstream);
+  const passThrough = createPassThroughRegistry(upstreamRegistry);
+  const cache = config.cache.enabled ? createCache(config, upstreamRegistry, passThrough, logger) : undefined;
+  const resolver = createRouteResolver(config);
   const ctx: HttpContext = {
     config,
-    resolver: createRouteResolver(config),
-    upstream,
-    upstreams: () => clients.values(),
-    proxy: cache?.proxy ?? passThrough,
-    ...(cache ? { cacheStats: cache.stats } : {}),
+    resolver,
+    registry: cache ? withCacheCounters(cache.proxy, cache.stats) : passThrough,
+    tokens: createTokenService({ resolver, upstream: upstreamRegistry, cacheEnabled: cache !== undefined, logger }),
+    ping: new PingService({ upstream: upstreamRegistry, upstreams: clients.keys(), defaultUpstream: resolver.defaultUpstream.name, cache: cache ? { stats: cache.stats, storage: () => cache.proxy.storage() } : undefined, logger }),
     logger,
     version: VERSION,
     startedAt: Date.now(),
@@ -112,6 +125,15 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       }
       return url;
     },
+    async settled() {
+      // A fill leaves `fills` only once its bookkeeping is done; a settling fill may let a
+      // waiting client start another, so look again until none is left.
+      const fills = cache?.proxy.fills;
+      while (fills && fills.size > 0) {
+        await Promise.allSettled([...fills.values()].map(async (fill) => (await fill).done));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    },
     async close(graceMs = 10_000) {
       const closed = servers.map((s) => (s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve()));
       for (const s of servers) s.closeIdleConnections();
@@ -146,14 +168,14 @@ function createStatsLogger(stats: CacheStats, logger: Logger): (always?: boolean
 }
 
 /** The pull-through cache on the filesystem driver under dataDir. */
-function createCache(config: Config, upstream: (name: string) => UpstreamClient, passThrough: RegistryProxy, logger: Logger) {
+function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Registry, logger: Logger) {
   const driver = createFsDriver({ root: config.dataDir });
   const store = createContentStore(driver);
   const stats = new CacheStats();
   const evictor = new Evictor({ store, maxBytes: config.cache.maxSize, stats, logger });
-  const proxy = createCachingProxy({
+  const proxy = createCachingRegistry({
     passThrough,
-    upstreamFor: upstream,
+    upstream,
     driver,
     store,
     index: new CacheIndex(driver),

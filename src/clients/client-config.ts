@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import type { Config, UpstreamConfig } from '../config/load.ts';
+import type { Config, UpstreamConfig } from '../config/types.ts';
 import { registryHost } from '../core/route-resolver.ts';
 
 export const CLIENT_KINDS = ['docker', 'containerd', 'podman', 'kubernetes'] as const;

@@ -1,63 +1,14 @@
-import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { resolveCredentials } from './credentials.ts';
 import { presetTokenHosts, UPSTREAM_PRESETS } from './presets.ts';
-import { configSchema, parseListen, type CacheConfig, type ListenAddress, type ServerConfig, type ParsedConfig, type Timeouts } from './schema.ts';
+import { configSchema } from './schema.ts';
+import { loadTls } from './tls.ts';
+import { ConfigError, type Config, type ConfigProblem, type UpstreamConfig } from './types.ts';
 
-export interface UpstreamConfig {
-  /** The key under `upstreams`, e.g. `docker.io`. */
-  name: string;
-  url: URL;
-  libraryPrefix: boolean;
-  aliases: string[];
-  hosts: string[];
-  credentials?: { username: string; password: string };
-  /** Origins of token services trusted besides the upstream's own (`trustedRealms`). */
-  trustedRealms: string[];
-  /** A built-in registry's token hosts, when the upstream uses that registry's own URL. */
-  tokenHosts?: string[];
-  timeouts: Timeouts;
-  tagTtlSeconds?: number;
-}
-
-export interface TlsConfig {
-  certPath: string;
-  keyPath: string;
-  cert: Buffer;
-  key: Buffer;
-}
-
-export interface Config {
-  listen: ListenAddress;
-  publicUrl?: URL;
-  dataDir: string;
-  logLevel: ParsedConfig['logLevel'];
-  tls?: TlsConfig;
-  httpRedirect?: { listen: ListenAddress };
-  trustedProxies: BlockList;
-  trustedProxyList: string[];
-  defaultUpstream: string;
-  upstreams: Map<string, UpstreamConfig>;
-  cache: CacheConfig;
-  server: ServerConfig;
-}
-
-export interface ConfigProblem {
-  /** Dotted path of the field, e.g. `upstreams.docker.io.url`; empty for the whole file. */
-  path: string;
-  message: string;
-}
-
-export class ConfigError extends Error {
-  readonly problems: ConfigProblem[];
-  constructor(problems: ConfigProblem[], source?: string) {
-    const lines = problems.map((p) => `  - ${p.path || '(config)'}: ${p.message}`);
-    super(`invalid configuration${source ? ` in ${source}` : ''}:\n${lines.join('\n')}`);
-    this.name = 'ConfigError';
-    this.problems = problems;
-  }
-}
+/** What an empty file means: the schema's defaults, for the checks that read the raw input. */
+const DEFAULTS = configSchema.parse({});
 
 export interface LoadOptions {
   /** Path of a YAML config file; none means every default. */
@@ -65,7 +16,7 @@ export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** Reads, validates and resolves the configuration: the one place defaults and checks live. */
+/** Reads the config file (or none: every default), applies the environment's overrides, then validates and resolves it. */
 export function loadConfig(options: LoadOptions = {}): Config {
   const env = options.env ?? process.env;
   const file = options.file ?? (env.DOCXY_CONFIG || undefined);
@@ -88,18 +39,6 @@ export function loadConfig(options: LoadOptions = {}): Config {
     }
   }
   return resolveConfig(applyEnv(raw as Record<string, unknown>, env), env, file);
-}
-
-/**
- * A configured URL as docxy prints it (config check, log lines): any userinfo, a password alone
- * (`http://:pw@host`) included, becomes `***`. The schema refuses such URLs; this is the guard.
- */
-export function displayUrl(url: URL): string {
-  if (url.username === '' && url.password === '') return url.href;
-  const masked = new URL(url.href);
-  masked.username = '***';
-  masked.password = '';
-  return masked.href;
 }
 
 /** Validates an already-parsed config object (what a YAML file holds). */
@@ -132,7 +71,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
       name,
       url,
       libraryPrefix: entry.libraryPrefix ?? preset?.libraryPrefix ?? false,
-      aliases: entry.aliases ?? [],
+      aliases: entry.aliases,
       hosts: entry.hosts.map(normalizeHost),
       ...(credentials ? { credentials } : {}),
       trustedRealms: entry.trustedRealms.map((origin) => new URL(origin).origin),
@@ -153,12 +92,12 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
 
   if (problems.length > 0) throw new ConfigError(problems, source);
   return {
-    listen: parseListen(parsed.listen)!,
+    listen: parsed.listen,
     ...(parsed.publicUrl ? { publicUrl: new URL(parsed.publicUrl.replace(/\/+$/, '')) } : {}),
     dataDir: parsed.dataDir,
     logLevel: parsed.logLevel,
     ...(tls ? { tls } : {}),
-    ...(parsed.httpRedirect ? { httpRedirect: { listen: parseListen(parsed.httpRedirect.listen)! } } : {}),
+    ...(parsed.httpRedirect ? { httpRedirect: parsed.httpRedirect } : {}),
     trustedProxies,
     trustedProxyList: parsed.trustedProxies,
     defaultUpstream: parsed.defaultUpstream,
@@ -175,7 +114,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
 function crossFieldProblems(raw: unknown): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   const input = isRecord(raw) ? raw : {};
-  const upstreams = isRecord(input.upstreams) ? input.upstreams : input.upstreams === undefined ? { 'docker.io': {} } : {};
+  const upstreams = isRecord(input.upstreams) ? input.upstreams : input.upstreams === undefined ? DEFAULTS.upstreams : {};
   for (const [name, entry] of Object.entries(upstreams)) {
     const path = `upstreams.${name}`;
     if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]*$/.test(name)) {
@@ -188,7 +127,7 @@ function crossFieldProblems(raw: unknown): ConfigProblem[] {
       });
     }
   }
-  const defaultUpstream = typeof input.defaultUpstream === 'string' ? input.defaultUpstream : 'docker.io';
+  const defaultUpstream = typeof input.defaultUpstream === 'string' ? input.defaultUpstream : DEFAULTS.defaultUpstream;
   if (!Object.hasOwn(upstreams, defaultUpstream)) {
     problems.push({
       path: 'defaultUpstream',
@@ -243,44 +182,6 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
   return merged;
 }
 
-function resolveCredentials(
-  entry: ParsedConfig['upstreams'][string],
-  env: NodeJS.ProcessEnv,
-  path: string,
-  problems: ConfigProblem[],
-): { username: string; password: string } | undefined {
-  const sources = [entry.password, entry.passwordFile, entry.passwordEnv].filter((s) => s !== undefined);
-  if (sources.length > 1) {
-    problems.push({ path, message: 'set only one of password, passwordFile and passwordEnv' });
-    return undefined;
-  }
-  if (!entry.username && sources.length === 0) return undefined;
-  if (!entry.username) {
-    problems.push({ path: `${path}.username`, message: 'required when a password is set' });
-    return undefined;
-  }
-  let password = entry.password;
-  if (entry.passwordFile) {
-    try {
-      password = readFileSync(entry.passwordFile, 'utf8').replace(/\r?\n$/, '');
-    } catch (error) {
-      problems.push({ path: `${path}.passwordFile`, message: `cannot read ${entry.passwordFile}: ${(error as Error).message}` });
-      return undefined;
-    }
-  } else if (entry.passwordEnv) {
-    password = env[entry.passwordEnv];
-    if (!password) {
-      problems.push({ path: `${path}.passwordEnv`, message: `environment variable ${entry.passwordEnv} is not set` });
-      return undefined;
-    }
-  }
-  if (!password) {
-    problems.push({ path: `${path}.password`, message: 'required when username is set (or passwordFile / passwordEnv)' });
-    return undefined;
-  }
-  return { username: entry.username, password };
-}
-
 function checkUniqueNames(upstreams: Map<string, UpstreamConfig>, problems: ConfigProblem[]): void {
   const owners = new Map<string, string>();
   for (const upstream of upstreams.values()) owners.set(upstream.name.toLowerCase(), upstream.name);
@@ -318,37 +219,4 @@ function addToBlockList(list: BlockList, entry: string): boolean {
   if (prefix > (family === 6 ? 128 : 32)) return false;
   list.addSubnet(address!, prefix, type);
   return true;
-}
-
-function loadTls(certPath: string, keyPath: string, problems: ConfigProblem[]): TlsConfig | undefined {
-  let cert: Buffer | undefined;
-  let key: Buffer | undefined;
-  try {
-    const data = readFileSync(certPath);
-    new X509Certificate(data);
-    cert = data;
-  } catch (error) {
-    problems.push({ path: 'tls.cert', message: `cannot load PEM certificate ${certPath}: ${(error as Error).message}` });
-  }
-  try {
-    const data = readFileSync(keyPath);
-    createPrivateKey(data);
-    key = data;
-  } catch (error) {
-    problems.push({
-      path: 'tls.key',
-      message: `cannot load PEM private key ${keyPath} (PKCS#8, RSA PKCS#1 or EC SEC1): ${(error as Error).message}`,
-    });
-  }
-  if (!cert || !key) return undefined;
-  try {
-    if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
-      problems.push({ path: 'tls.key', message: `the private key ${keyPath} does not belong to the certificate ${certPath}` });
-      return undefined;
-    }
-  } catch (error) {
-    problems.push({ path: 'tls.key', message: `the private key ${keyPath} does not fit the certificate ${certPath}: ${(error as Error).message}` });
-    return undefined;
-  }
-  return { certPath, keyPath, cert, key };
 }

@@ -1,8 +1,15 @@
 import { z } from 'zod';
 
-/** `host:port`, `[v6]:port` or `:port`; port 0 asks the OS for a free one. */
-const listenAddress = z.string().refine((value) => parseListen(value) !== undefined, {
-  error: (issue) => `expected "host:port" (e.g. "0.0.0.0:5000" or "[::1]:5000"), got ${JSON.stringify(issue.input)}`,
+// The file format and its defaults. Every default is written once, on its field: a nested section
+// left out of the file is parsed from `{}` (`.prefault`), so it gets the same field defaults as a
+// section written empty. The resolved types (`types.ts`) are derived from this schema's output.
+
+/** `host:port`, `[v6]:port` or `:port`, parsed to `{ host, port }`; port 0 asks the OS for a free one. */
+const listenAddress = z.string().transform((value, ctx) => {
+  const address = parseListen(value);
+  if (address) return address;
+  ctx.addIssue({ code: 'custom', message: `expected "host:port" (e.g. "0.0.0.0:5000" or "[::1]:5000"), got ${JSON.stringify(value)}` });
+  return z.NEVER;
 });
 
 const httpUrl = z.string().refine(
@@ -38,7 +45,7 @@ function maskUserinfo(input: unknown): unknown {
 
 const duration = z.number().int().positive();
 
-const timeouts = z.strictObject({
+const timeoutsSchema = z.strictObject({
   /** Time to open a TCP/TLS connection to the upstream. */
   connectMs: duration.default(10_000),
   /** Time from sending a request until the upstream's response headers arrive. */
@@ -58,7 +65,7 @@ const upstream = z.strictObject({
   /** Host names whose requests go to this upstream. */
   hosts: z.array(z.string().min(1)).default([]),
   /** Extra path-prefix names for this upstream (`/v2/<alias>/repo/...`). */
-  aliases: z.array(z.string().min(1)).optional(),
+  aliases: z.array(z.string().min(1)).default([]),
   libraryPrefix: z.boolean().optional(),
   /**
    * Origins of token services this upstream may name in its `/v2/` challenge besides its own
@@ -85,7 +92,7 @@ const byteSize = z.union([z.number().int().nonnegative(), z.string()]).transform
   return parsed;
 });
 
-const cache = z.strictObject({
+const cacheSchema = z.strictObject({
   /** Off: a pure pass-through proxy (nothing stored). */
   enabled: z.boolean().default(true),
   /** Least-recently-used content is evicted beyond this size; 0 means no limit. */
@@ -113,7 +120,7 @@ const cache = z.strictObject({
 });
 
 /** How docxy's own listeners treat clients: slow or greedy ones must not exhaust the server. */
-const server = z.strictObject({
+const serverSchema = z.strictObject({
   /** Time a client has to send its request headers. */
   headersTimeoutMs: duration.default(30_000),
   /** Time a client has to send its whole request (headers and body); downloads are not limited. */
@@ -125,7 +132,7 @@ const server = z.strictObject({
 });
 
 export const configSchema = z.strictObject({
-  listen: listenAddress.default('127.0.0.1:5000'),
+  listen: listenAddress.prefault('127.0.0.1:5000'),
   /** The URL clients reach docxy at; token realms and redirects are built from it. */
   publicUrl: httpUrl.optional(),
   dataDir: z.string().min(1).default('./data'),
@@ -143,35 +150,16 @@ export const configSchema = z.strictObject({
   /** Addresses (IPs or CIDRs) whose X-Forwarded-Proto/Host/For headers are believed. */
   trustedProxies: z.array(z.string().min(1)).default([]),
   defaultUpstream: z.string().min(1).default('docker.io'),
-  upstreams: z.record(z.string().min(1), upstream).default({ 'docker.io': { hosts: [], trustedRealms: [] } }),
-  timeouts: timeouts.default({ connectMs: 10_000, headersMs: 30_000, bodyIdleMs: 60_000 }),
-  server: server.default({ headersTimeoutMs: 30_000, requestTimeoutMs: 60_000, keepAliveTimeoutMs: 65_000, maxConnectionsPerIp: 256 }),
-  cache: cache.default({
-    enabled: true,
-    maxSize: 20 * 1024 ** 3,
-    tagTtlSeconds: 600,
-    tagTtlRules: [],
-    negativeTtlSeconds: 30,
-    resumeAttempts: 5,
-    maxConcurrentFills: 32,
-    visibilityTtlSeconds: 3600,
-    accessTtlSeconds: 300,
-  }),
+  /** Without an `upstreams` section, docxy serves Docker Hub. */
+  upstreams: z.record(z.string().min(1), upstream).prefault({ 'docker.io': {} }),
+  timeouts: timeoutsSchema.prefault({}),
+  server: serverSchema.prefault({}),
+  cache: cacheSchema.prefault({}),
 });
 
-export type CacheConfig = z.output<typeof cache>;
-export type ServerConfig = z.output<typeof server>;
-
-export type ConfigInput = z.input<typeof configSchema>;
 export type ParsedConfig = z.output<typeof configSchema>;
-export type Timeouts = z.output<typeof timeouts>;
 
-export interface ListenAddress {
-  host: string;
-  port: number;
-}
-
-export function parseListen(value: string): ListenAddress | undefined {
+function parseListen(value: string): { host: string; port: number } | undefined {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value);
   if (!match) return undefined;
   const port = Number(match[3]);

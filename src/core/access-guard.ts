@@ -1,16 +1,18 @@
-import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import type { CacheConfig } from '../config/schema.ts';
+import type { CacheConfig } from '../config/types.ts';
 import type { Digest } from '../oci/digest.ts';
-import type { ProxyResponse, RegistryRequest, UpstreamLookup } from './registry-proxy.ts';
-import { actsAsDocxy, fetchUpstream } from './upstream-fetch.ts';
-import type { HeaderValues } from '../upstream/upstream-client.ts';
-import { UpstreamError } from '../upstream/upstream-error.ts';
-import type { CacheIndex } from './cache-index.ts';
-import { isStorageUnwritable } from '../storage/storage-driver.ts';
 import { MANIFEST_MEDIA_TYPES } from '../oci/media-types.ts';
+import { isStorageUnwritable } from '../storage/storage-driver.ts';
+import { UpstreamError } from '../upstream/upstream-error.ts';
+import type { UpstreamAnswer, UpstreamIdentity, UpstreamRegistry } from '../upstream/upstream-registry.ts';
+import type { CacheIndex } from './cache-index.ts';
+import { UpstreamRefusal } from './errors.ts';
+import { actsAsDocxy, identityKey, identityOf } from './identity.ts';
+import type { RegistryRequest } from './registry.ts';
 
-export type AccessDecision = { allowed: true; stale?: boolean } | { allowed: false; response: ProxyResponse };
+/** A client may read the content; `stale`: only because it is public and the upstream cannot be asked now. */
+export interface AccessGranted {
+  stale: boolean;
+}
 
 const MEMO_ENTRIES = 50_000;
 
@@ -28,62 +30,65 @@ const MEMO_ENTRIES = 50_000;
  */
 export class AccessGuard {
   private readonly index: CacheIndex;
-  private readonly upstreamFor: UpstreamLookup;
-  private readonly config: CacheConfig;
+  private readonly upstream: Pick<UpstreamRegistry, 'blob' | 'manifest'>;
+  private readonly config: Pick<CacheConfig, 'visibilityTtlSeconds' | 'accessTtlSeconds'>;
+  /** Proven access of client logins: `identityKey upstream repository` -> until (ms). */
   private readonly memo = new Map<string, number>();
 
-  constructor(index: CacheIndex, upstreamFor: UpstreamLookup, config: CacheConfig) {
+  constructor(index: CacheIndex, upstream: Pick<UpstreamRegistry, 'blob' | 'manifest'>, config: Pick<CacheConfig, 'visibilityTtlSeconds' | 'accessTtlSeconds'>) {
     this.index = index;
-    this.upstreamFor = upstreamFor;
+    this.upstream = upstream;
     this.config = config;
   }
 
-  async check(request: RegistryRequest, kind: 'blob' | 'manifest', digest: Digest): Promise<AccessDecision> {
+  /**
+   * Resolves when the client may read `digest` through its request's repository; rejects with
+   * an UpstreamRefusal (the upstream's own answer: 401, 403, 404, 429, 5xx) when it may not, and
+   * with the UpstreamError when the upstream cannot be reached and the content is not public.
+   */
+  async check(request: RegistryRequest, kind: 'blob' | 'manifest', digest: Digest): Promise<AccessGranted> {
     const { upstream, repository } = request.target;
+    const identity = identityOf(request.headers);
     const [linked, visibility] = await Promise.all([
       this.index.hasLink(upstream.name, repository, digest),
       this.index.getVisibility(upstream.name, repository),
     ]);
     const publicFresh = visibility?.public === true && Date.now() - visibility.checkedAt < this.config.visibilityTtlSeconds * 1000;
-    if (linked && (publicFresh || this.remembered(request))) return { allowed: true };
+    if (linked && (publicFresh || this.remembered(request, identity))) return { stale: false };
 
-    const client = this.upstreamFor(upstream.name);
-    let status: number;
-    let outcome: Awaited<ReturnType<typeof fetchUpstream>>;
+    let answer: UpstreamAnswer;
     try {
-      outcome = await fetchUpstream(client, {
-        target: request.target,
-        method: 'HEAD',
-        path: `/v2/${repository}/${kind === 'blob' ? 'blobs' : 'manifests'}/${digest.value}`,
-        headers: checkHeaders(request.headers, kind),
-        signal: request.signal,
-      });
-      await outcome.response.body.dump();
-      status = outcome.response.status;
+      const call = { method: 'HEAD' as const, identity, signal: request.signal };
+      answer =
+        kind === 'blob'
+          ? await this.upstream.blob(request.target, digest, call)
+          : await this.upstream.manifest(request.target, digest.value, { ...call, headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } });
+      await answer.body.dump();
     } catch (error) {
       if (!(error instanceof UpstreamError)) throw error;
-      if (linked && visibility?.public) return { allowed: true, stale: true };
+      if (linked && visibility?.public) return { stale: true };
       throw error;
     }
+    const { status } = answer;
     if (status === 200) {
       // The upstream just proved access: a full or read-only cache must not turn that into a
       // refusal; the proof is only not remembered.
-      await this.recordFetch(request, digest, outcome.asDocxy).catch((error: unknown) => {
+      await this.recordFetch(request, digest, answer.identity === 'docxy').catch((error: unknown) => {
         if (!isStorageUnwritable(error)) throw error;
       });
-      return { allowed: true };
+      return { stale: false };
     }
-    if (status === 401 || status === 403 || status === 404) {
+    if (status === 401 || status === 403) {
       // Only docxy's own authenticated refusal shows the repository stopped being public: a 404
       // names one digest, and a 401 to a request without credentials is just a challenge.
-      if ((status === 401 || status === 403) && outcome.asDocxy && outcome.authenticated && visibility?.public) {
+      if (answer.identity === 'docxy' && answer.authenticated && visibility?.public) {
         await this.index.setVisibility(upstream.name, repository, false);
       }
-      return { allowed: false, response: refusal(outcome.response.status, outcome.response.headers, kind) };
+    } else if (status !== 404 && linked && visibility?.public) {
+      // 429 / 5xx: the upstream cannot answer now; only public content is served meanwhile.
+      return { stale: true };
     }
-    // 429 / 5xx: the upstream cannot answer now; only public content is served meanwhile.
-    if (linked && visibility?.public) return { allowed: true, stale: true };
-    return { allowed: false, response: refusal(status, outcome.response.headers, kind) };
+    throw new UpstreamRefusal(upstream.name, status, answer.headers, kind);
   }
 
   /** Records what a successful upstream fetch proves: the link, and who may read it. */
@@ -96,38 +101,17 @@ export class AccessGuard {
       if (!fresh) await this.index.setVisibility(upstream.name, repository, true);
     } else {
       if (this.memo.size >= MEMO_ENTRIES) this.memo.delete(this.memo.keys().next().value!);
-      this.memo.set(memoKey(request), Date.now() + this.config.accessTtlSeconds * 1000);
+      this.memo.set(memoKey(request, identityOf(request.headers)), Date.now() + this.config.accessTtlSeconds * 1000);
     }
   }
 
-  private remembered(request: RegistryRequest): boolean {
-    if (actsAsDocxy(request.headers)) return false;
-    const until = this.memo.get(memoKey(request));
+  private remembered(request: RegistryRequest, identity: UpstreamIdentity): boolean {
+    if (actsAsDocxy(identity)) return false;
+    const until = this.memo.get(memoKey(request, identity));
     return until !== undefined && until > Date.now();
   }
 }
 
-function memoKey(request: RegistryRequest): string {
-  const authorization = String(request.headers.authorization ?? '');
-  const who = createHash('sha256').update(authorization).digest('hex').slice(0, 32);
-  return `${who} ${request.target.upstream.name} ${request.target.repository}`;
-}
-
-function checkHeaders(headers: HeaderValues, kind: 'blob' | 'manifest'): HeaderValues {
-  const result: HeaderValues = {};
-  if (headers.authorization !== undefined) result.authorization = headers.authorization;
-  if (kind === 'manifest') result.accept = MANIFEST_MEDIA_TYPES.join(', ');
-  return result;
-}
-
-/** The upstream's refusal as a registry error the client can act on (a 401 keeps its challenge). */
-export function refusal(status: number, headers: HeaderValues, kind: 'blob' | 'manifest'): ProxyResponse {
-  const code = status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 404 ? (kind === 'blob' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN') : 'DOCXY_UPSTREAM_ERROR';
-  const body = Buffer.from(JSON.stringify({ errors: [{ code, message: `upstream answered ${status}` }] }));
-  const result: HeaderValues = { 'content-type': 'application/json', 'content-length': String(body.length) };
-  for (const name of ['www-authenticate', 'retry-after', 'ratelimit-limit', 'ratelimit-remaining']) {
-    const value = headers[name];
-    if (value !== undefined) result[name] = value;
-  }
-  return { status, headers: result, body: Readable.from([body]), source: 'upstream' };
+function memoKey(request: RegistryRequest, identity: UpstreamIdentity): string {
+  return `${identityKey(identity)} ${request.target.upstream.name} ${request.target.repository}`;
 }

@@ -1,12 +1,11 @@
-import { createHash, type Hash } from 'node:crypto';
-import { EventEmitter, once } from 'node:events';
-import { open, type FileHandle } from 'node:fs/promises';
+import { EventEmitter } from 'node:events';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from '../oci/digest.ts';
-import { DigestMismatchError } from '../storage/content-store.ts';
-import { isStorageUnwritable, type StorageWriter } from '../storage/storage-driver.ts';
+import { DigestMismatchError } from '../storage/content-verifier.ts';
+import type { ByteRange, StorageWriter } from '../storage/storage-driver.ts';
+import { FillReader } from './fill-reader.ts';
 
 /** One upstream answer for the fill: a 200 from offset 0, or a 206 resuming at `offset`. */
 export interface FillResponse {
@@ -23,9 +22,11 @@ export interface BlobFillOptions {
   open(offset: number, signal: AbortSignal): Promise<FillResponse>;
   /**
    * Where the bytes go, asked for once the upstream answered with the blob (`size`: the length it
-   * announced); nothing is visible in the cache until it commits. Rejecting means the cache cannot
-   * take this blob now (storage full or unwritable, no room in its budget): the fill then ends
-   * with a FillBypassError holding the upstream answer, unread, for the caller to stream through.
+   * announced): a storage writer verifying this digest and that size (the one check of the bytes;
+   * its followers serve the fill's readers); nothing is visible in the cache until it commits.
+   * Rejecting means the cache cannot take this blob now (storage full or unwritable, no room in its
+   * budget): the fill then ends with a FillBypassError holding the upstream answer, unread, for the
+   * caller to stream through.
    */
   createWriter(size: number | undefined): Promise<StorageWriter>;
   /** How many times a broken upstream transfer is resumed. */
@@ -61,30 +62,26 @@ export class FillBypassError extends Error {
   }
 }
 
-const READ_CHUNK = 256 * 1024;
-
 /**
  * One upstream fetch of one blob into the cache, shared by every client that wants it meanwhile.
  *
- * The fill writes into the storage writer's local file and has a lifetime of its own: it runs at
- * upstream speed whatever its readers do, and a reader that leaves does not stop it. Every reader
- * (the first client included) follows the file with positional reads on one shared handle, so a
- * late joiner starts at once with the bytes already there, a Range inside them is answered
- * immediately, and memory stays flat however many readers and however large the blob. A broken
- * upstream transfer is resumed with a Range request; the digest and length are verified end to
- * end before the blob becomes visible, and a mismatch fails every reader's transfer.
+ * The fill writes into a storage writer that verifies the digest and length, and has a lifetime
+ * of its own: it runs at upstream speed whatever its readers do, and a reader that leaves does not
+ * stop it. Every reader (the first client included) is a follower of that write (see
+ * StorageWriter.openReader): a late joiner starts at once with the bytes already stored, a Range
+ * inside them is answered immediately, memory stays flat however many readers and however large
+ * the blob, and no reader gets the blob's last byte before it is verified. A broken upstream
+ * transfer is resumed with a Range request; a mismatch fails every reader's transfer.
  */
 export class BlobFill extends EventEmitter {
   readonly digest: Digest;
   /** Total size, known once the first upstream answer arrived. */
   size: number | undefined;
-  /** Bytes safely in the file (readable by followers). */
-  written = 0;
   /** `verified`: every byte arrived and matches the digest; `complete`: also committed to storage. */
   state: 'connecting' | 'filling' | 'verified' | 'complete' | 'failed' = 'connecting';
   /**
-   * Every byte is in the file and matches the digest. Stays true if committing then fails
-   * (storage full, say): readers already following the file still get the whole blob.
+   * Every byte is stored and matches the digest. Stays true if committing then fails (storage
+   * full, say): readers already following the write still get the whole blob.
    */
   verified = false;
   error: Error | undefined;
@@ -99,15 +96,12 @@ export class BlobFill extends EventEmitter {
   resumes = 0;
 
   private readonly options: BlobFillOptions;
-  private readonly hash: Hash;
   private readonly controller = new AbortController();
   private writer: StorageWriter | undefined;
-  /** The storage refused a write: the fill cannot complete. */
-  private storageError: Error | undefined;
-  private handle: FileHandle | undefined;
-  private handleUsers = 1; // the fill itself
-  private accepted = 0; // bytes handed to the writer (all of them reach the file)
-  private readonly readers = new Set<FillReader>();
+  /** The writer failed (a write refused, content outgrowing its size): the fill cannot complete. */
+  private writerError: Error | undefined;
+  /** Bytes handed to the writer: where a resume starts. */
+  private accepted = 0;
 
   constructor(options: BlobFillOptions) {
     super();
@@ -115,7 +109,6 @@ export class BlobFill extends EventEmitter {
     this.options = options;
     this.digest = options.digest;
     this.size = options.expectedSize;
-    this.hash = createHash(options.digest.algorithm);
     options.signal?.addEventListener('abort', () => this.controller.abort(options.signal?.reason), { once: true });
     let markReady!: () => void;
     let failReady!: (error: Error) => void;
@@ -126,6 +119,11 @@ export class BlobFill extends EventEmitter {
     this.ready.catch(() => undefined);
     this.done = this.run(markReady, failReady);
     this.done.catch(() => undefined);
+  }
+
+  /** Bytes stored so far (readable by followers). */
+  get written(): number {
+    return this.writer?.written ?? 0;
   }
 
   private async run(markReady: () => void, failReady: (error: Error) => void): Promise<void> {
@@ -147,10 +145,9 @@ export class BlobFill extends EventEmitter {
         throw new FillBypassError(first, error as Error);
       });
       this.writer = writer;
-      writer.stream.on('error', (error: Error) => this.writeFailed(error));
-      if (!writer.localPath) throw new Error('storage writer has no local file to follow');
-      this.handle = await open(writer.localPath, 'r');
-      this.state = 'filling';
+      writer.stream.on('error', (error: Error) => this.writerFailed(error));
+      checkWriter(writer, this.digest, this.size);
+      this.changeState('filling');
       markReady();
       let body = response.body;
       for (let attempt = 0; ; attempt++) {
@@ -161,45 +158,38 @@ export class BlobFill extends EventEmitter {
           if (this.controller.signal.aborted || error instanceof DigestMismatchError) throw error;
           if (this.size !== undefined && this.accepted >= this.size) throw error;
           if (attempt >= (this.options.maxResumes ?? 5)) throw error;
-          await this.flushed();
           this.resumes++;
           this.options.onResume?.(this.accepted, attempt + 1, error as Error);
           await sleep((this.options.resumeDelayMs ?? 200) * 2 ** attempt, undefined, { signal: this.controller.signal });
           body = await this.reopen();
         }
       }
-      await this.flushed();
-      const actual = `${this.digest.algorithm}:${this.hash.digest('hex')}`;
-      if (actual !== this.digest.value || (this.size !== undefined && this.accepted !== this.size)) {
-        throw new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: actual, expectedSize: this.size, actualSize: this.accepted });
-      }
-      this.size = this.accepted;
-      // Readers may now finish: the content is right. Making it durable (fsync, rename) is the
-      // cache's business and need not hold up clients.
+      // Every byte stored and checked: readers may now finish. Making it durable and visible is
+      // the cache's business and need not hold up clients.
+      await writer.seal();
+      this.size = writer.written;
       this.verified = true;
-      this.state = 'verified';
-      this.wake();
+      this.changeState('verified');
       await this.options.beforeCommit?.();
       await writer.commit();
-      this.state = 'complete';
-      this.emit('progress');
-      this.wake();
+      this.changeState('complete');
     } catch (caught) {
       // A failed write aborts the transfer: the write error is the reason, not the abort.
-      const error = this.storageError ?? (caught as Error);
-      this.state = 'failed';
+      const error = this.writerError ?? (caught as Error);
       this.error = error;
+      this.changeState('failed');
       failReady(error);
       // The upstream answer goes to the caller with these errors; otherwise nobody reads it.
       if (!(error instanceof FillRefusedError || error instanceof FillBypassError)) response?.body.destroy();
-      // Readers fail now (unless the blob was verified), not after the cleanup below.
-      this.emit('progress');
-      this.wake();
-      await this.writer?.abort().catch(() => undefined);
+      // Readers fail at once (unless the blob was verified), with this error.
+      await this.writer?.abort(error).catch(() => undefined);
       throw error;
-    } finally {
-      this.releaseHandle();
     }
+  }
+
+  private changeState(state: BlobFill['state']): void {
+    this.state = state;
+    this.emit('progress');
   }
 
   /** Re-requests the rest of the blob; a 200 (Range ignored) is skipped forward to where we are. */
@@ -219,96 +209,57 @@ export class BlobFill extends EventEmitter {
     throw new Error(`upstream answered ${response.status} to a resume at byte ${offset}`);
   }
 
-  /** Streams upstream bytes into the writer: hashed in order, progress announced once on disk. */
+  /** Streams upstream bytes into the writer, with its backpressure; an upstream failure leaves the writer open for a resume. */
   private async copy(body: Readable): Promise<void> {
     const stream = this.writer!.stream;
     const sink = new Writable({
       highWaterMark: 1024 * 1024,
       write: (chunk: Buffer, _encoding, callback) => {
-        if (this.size !== undefined && this.accepted + chunk.length > this.size) {
-          callback(new DigestMismatchError({ expectedDigest: this.digest.value, actualDigest: undefined, expectedSize: this.size, actualSize: this.accepted + chunk.length }));
-          return;
-        }
-        this.hash.update(chunk);
         this.accepted += chunk.length;
         this.upstreamBytes += chunk.length;
-        this.deliver(chunk, this.accepted - chunk.length);
-        const more = stream.write(chunk, (error) => {
-          if (error) return;
-          this.written += chunk.length;
-          this.emit('progress');
-          this.wake();
-        });
-        if (more) callback();
+        if (stream.write(chunk)) callback();
         else stream.once('drain', () => callback());
       },
     });
     await pipeline(body, sink, { signal: this.controller.signal });
   }
 
-  /** Waits until every byte handed to the writer is in the file; throws if the storage failed. */
-  private async flushed(): Promise<void> {
-    while (this.written < this.accepted) {
-      if (this.storageError) throw this.storageError;
-      if (this.writer!.stream.destroyed) throw new Error('storage write failed');
-      await once(this, 'progress', { signal: this.controller.signal });
-    }
-  }
-
   /**
-   * The storage refused a write (ENOSPC, EIO...). The fill cannot complete: its transfer stops at
-   * once, and run() fails every reader (a client's connection breaks, it is never ended as if the
-   * blob were complete) and discards the temp file.
+   * The writer failed (ENOSPC, EIO, more bytes than announced...). The fill cannot complete: its
+   * transfer stops at once, and run() fails every reader (a client's connection breaks, it is
+   * never ended as if the blob were complete) and aborts the write.
    */
-  private writeFailed(error: Error): void {
-    this.storageError ??= error;
+  private writerFailed(error: Error): void {
+    this.writerError ??= error;
     this.controller.abort(error);
-    this.emit('progress');
   }
 
   /**
-   * A stream of the blob's bytes `[start, end]` as they arrive; it fails if the fill fails. A
-   * reader that keeps up gets each chunk handed over as it arrives from upstream; one that falls
-   * behind follows the file. The blob's last byte is held back until the digest is verified, so
-   * a client can never take a blob that turns out wrong for a complete one.
+   * A stream of the blob's bytes `[start, end]` as they arrive (a follower of the storage write);
+   * it fails if the fill fails. The blob's last byte is held back until the digest is verified,
+   * so a client can never take a blob that turns out wrong for a complete one.
    *
    * `fallback`: when the fill fails because the storage refused a write before this reader
    * delivered a byte (its client has not even had the headers), the reader streams what
    * `fallback` opens instead (the same bytes, from upstream) rather than failing.
    */
-  createReader(range: { start: number; end?: number } = { start: 0 }, options: { fallback?: () => Promise<Readable> } = {}): Readable {
-    if (!this.handle || (this.state === 'failed' && !this.verified)) throw this.error ?? new Error('blob fill is not streaming');
-    this.handleUsers++;
-    const reader = new FillReader(this, this.handle, range, options.fallback, () => {
-      this.readers.delete(reader);
-      this.releaseHandle();
-    });
-    this.readers.add(reader);
-    return reader;
-  }
-
-  /** Hands a chunk just accepted at `offset` to every reader waiting exactly there. */
-  private deliver(chunk: Buffer, offset: number): void {
-    for (const reader of this.readers) reader.offer(chunk, offset);
-  }
-
-  /** Wakes readers after bytes reached the file or the fill ended. */
-  private wake(): void {
-    for (const reader of this.readers) reader.wake();
+  createReader(range: ByteRange = { start: 0 }, options: { fallback?: () => Promise<Readable> } = {}): Readable {
+    if (!this.writer || (this.state === 'failed' && !this.verified)) throw this.error ?? new Error('blob fill is not streaming');
+    const follower = this.writer.openReader(range);
+    return options.fallback ? new FillReader(follower, options.fallback) : follower;
   }
 
   /** Stops the fill (docxy shutting down). */
   abort(reason?: unknown): void {
     this.controller.abort(reason);
   }
+}
 
-  private releaseHandle(): void {
-    this.handleUsers--;
-    if (this.handleUsers === 0 && this.handle) {
-      const handle = this.handle;
-      this.handle = undefined;
-      handle.close().catch(() => undefined);
-    }
+/** The writer must check what the fill cannot: that the bytes are this blob, and (when known) its size. */
+function checkWriter(writer: StorageWriter, digest: Digest, size: number | undefined): void {
+  const expected = writer.expected;
+  if (expected?.digest !== digest.value || (size !== undefined && expected.size !== size)) {
+    throw new Error(`the storage writer of blob ${digest.value} does not verify it (expects ${JSON.stringify(expected)})`);
   }
 }
 
@@ -329,147 +280,5 @@ async function* skipBytes(source: AsyncIterable<Buffer>, count: number): AsyncGe
     }
     yield remaining > 0 ? chunk.subarray(remaining) : chunk;
     remaining = 0;
-  }
-}
-
-/** One client's view of a fill: live chunks while it keeps up, the file when it does not. */
-class FillReader extends Readable {
-  private readonly fill: BlobFill;
-  private readonly handle: FileHandle;
-  private readonly end: number | undefined;
-  private readonly start: number;
-  private position: number;
-  /** Opens the same bytes elsewhere, for a storage failure before anything was delivered; used once. */
-  private fallback: (() => Promise<Readable>) | undefined;
-  /** The fallback's stream, once switched to it. */
-  private source: Readable | undefined;
-  /** Caught up and waiting: the next chunk at `position` may be handed over directly. */
-  private waiting = false;
-  private pumping = false;
-  private pumpAgain = false;
-  private readonly onDone: () => void;
-  private done = false;
-
-  constructor(fill: BlobFill, handle: FileHandle, range: { start: number; end?: number }, fallback: (() => Promise<Readable>) | undefined, onDone: () => void) {
-    super({ highWaterMark: READ_CHUNK });
-    this.fill = fill;
-    this.handle = handle;
-    this.start = range.start;
-    this.position = range.start;
-    this.fallback = fallback;
-    this.end = range.end;
-    this.onDone = onDone;
-    this.once('end', () => this.finish());
-  }
-
-  /** Last byte (inclusive) this reader wants. */
-  private last(): number {
-    return this.end ?? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity);
-  }
-
-  /** First byte it may not deliver yet: the blob's final byte waits for verification. */
-  private limit(): number {
-    const last = this.last();
-    if (this.fill.verified) return Math.min(last + 1, this.fill.size ?? Infinity);
-    const toEnd = this.fill.size === undefined || last >= this.fill.size - 1;
-    return toEnd ? (this.fill.size !== undefined ? this.fill.size - 1 : Infinity) : last + 1;
-  }
-
-  offer(chunk: Buffer, offset: number): void {
-    if (!this.waiting || offset !== this.position || offset + chunk.length > this.limit()) return;
-    this.position += chunk.length;
-    if (!this.push(chunk)) this.waiting = false; // full: it will ask again (and read the file)
-  }
-
-  wake(): void {
-    if (this.waiting || this.fill.state !== 'filling') {
-      this.waiting = false;
-      this.pump();
-    }
-  }
-
-  override _read(): void {
-    if (this.source) {
-      this.source.resume();
-      return;
-    }
-    this.waiting = false;
-    this.pump();
-  }
-
-  private pump(): void {
-    if (this.done) return;
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
-    this.pumping = true;
-    this.step()
-      .catch((error: unknown) => this.destroy(error as Error))
-      .finally(() => {
-        this.pumping = false;
-        if (this.pumpAgain) {
-          this.pumpAgain = false;
-          this.pump();
-        }
-      });
-  }
-
-  /** Delivers what the file holds for this reader, or ends, fails, or waits for more. */
-  private async step(): Promise<void> {
-    for (;;) {
-      const fill = this.fill;
-      if (fill.state === 'failed' && !fill.verified) {
-        if (this.fallback && this.position === this.start && isStorageUnwritable(fill.error)) return this.useFallback(this.fallback);
-        throw fill.error ?? new Error('blob fill failed');
-      }
-      const last = this.last();
-      const settled = fill.verified;
-      if (this.position > last || (settled && this.position >= fill.written)) {
-        this.push(null);
-        return;
-      }
-      const available = Math.min(fill.written, this.limit()) - this.position;
-      if (available <= 0) {
-        this.waiting = true;
-        return;
-      }
-      const buffer = Buffer.allocUnsafe(Math.min(available, READ_CHUNK));
-      const { bytesRead } = await this.handle.read(buffer, 0, buffer.length, this.position);
-      if (bytesRead === 0) throw new Error('cache file shrank while being read');
-      if (this.done) return;
-      this.position += bytesRead;
-      if (!this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))) return;
-    }
-  }
-
-  /** Lets go of the fill and delivers the fallback's bytes instead (with backpressure). */
-  private async useFallback(fallback: () => Promise<Readable>): Promise<void> {
-    this.fallback = undefined;
-    this.finish();
-    const source = await fallback();
-    if (this.destroyed) {
-      source.destroy();
-      return;
-    }
-    this.source = source;
-    source.on('data', (chunk: Buffer) => {
-      if (!this.push(chunk)) source.pause();
-    });
-    source.once('end', () => this.push(null));
-    source.once('error', (error: Error) => this.destroy(error));
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.source?.destroy();
-    this.finish();
-    callback(error);
-  }
-
-  private finish(): void {
-    if (this.done) return;
-    this.done = true;
-    this.waiting = false;
-    this.onDone();
   }
 }

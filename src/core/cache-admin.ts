@@ -1,6 +1,5 @@
-import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { parseDigest } from '../oci/digest.ts';
+import { DigestVerifier, parseDigest } from '../oci/digest.ts';
 import type { ContentKind, ContentStore } from '../storage/content-store.ts';
 import type { StorageDriver } from '../storage/storage-driver.ts';
 import { CacheIndex } from './cache-index.ts';
@@ -56,21 +55,18 @@ export async function verify(store: ContentStore, onProgress?: (checked: number)
     for await (const entry of store.list(kind)) {
       const digest = parseDigest(entry.digest);
       if (!digest) continue;
-      const hash = createHash(digest.algorithm);
+      const verifier = new DigestVerifier(digest);
       let stream: Readable;
       try {
         stream = await store.read(kind, entry.digest);
       } catch {
         continue; // removed meanwhile
       }
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        hash.update(chunk);
-        result.bytes += chunk.length;
-      }
-      const actual = `${digest.algorithm}:${hash.digest('hex')}`;
+      for await (const chunk of stream as AsyncIterable<Buffer>) verifier.update(chunk);
+      result.bytes += verifier.bytes;
       result.checked++;
-      if (actual !== entry.digest) {
-        result.corrupt.push({ kind, digest: entry.digest, actual });
+      if (!verifier.matches()) {
+        result.corrupt.push({ kind, digest: entry.digest, actual: verifier.actual() });
         await store.delete(kind, entry.digest);
       }
       onProgress?.(result.checked);

@@ -1,4 +1,4 @@
-import type { Config, UpstreamConfig } from '../config/load.ts';
+import type { Config, UpstreamConfig } from '../config/types.ts';
 import { withLibraryPrefix } from '../oci/reference.ts';
 
 /** Where a client's request goes: which upstream, and the repository name as that upstream knows it. */

@@ -1,20 +1,22 @@
-import type { CacheOutcome, CacheStats } from '../observability/cache-stats.ts';
+import type { CacheOutcome } from '../observability/cache-stats.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Config } from '../config/load.ts';
+import type { Config } from '../config/types.ts';
 import type { Logger } from '../observability/logger.ts';
-import type { RegistryProxy } from '../core/registry-proxy.ts';
+import type { Registry } from '../core/registry.ts';
 import type { RouteResolver } from '../core/route-resolver.ts';
-import type { UpstreamClient } from '../upstream/upstream-client.ts';
+import type { PingService } from '../core/ping-service.ts';
+import type { TokenService } from '../core/token-service.ts';
 
-/** Everything a request handler needs, built once by the app. */
+/** Everything a request handler needs, built once by the app: the core's services, never what is below them. */
 export interface HttpContext {
   config: Config;
   resolver: RouteResolver;
-  upstream(name: string): UpstreamClient;
-  upstreams(): Iterable<UpstreamClient>;
-  proxy: RegistryProxy;
-  /** Present when the pull-through cache is on. */
-  cacheStats?: CacheStats;
+  /** Manifests, blobs, tags and referrers (through the cache when it is on). */
+  registry: Registry;
+  /** The token endpoint. */
+  tokens: TokenService;
+  /** The `/v2/` endpoint and readiness. */
+  ping: PingService;
   logger: Logger;
   version: string;
   startedAt: number;

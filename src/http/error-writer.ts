@@ -1,32 +1,13 @@
 import type { ServerResponse } from 'node:http';
-import { RegistryError } from '../oci/errors.ts';
+import { toRegistryError } from '../core/errors.ts';
 import type { Logger } from '../observability/logger.ts';
-import { UpstreamError, type UpstreamFailure } from '../upstream/upstream-error.ts';
-import type { ErrorCode } from '../oci/errors.ts';
-
-const UPSTREAM_FAILURE_CODES: Record<UpstreamFailure, ErrorCode> = {
-  unreachable: 'DOCXY_UPSTREAM_UNREACHABLE',
-  timeout: 'DOCXY_UPSTREAM_TIMEOUT',
-  protocol: 'DOCXY_UPSTREAM_ERROR',
-  auth: 'DOCXY_UPSTREAM_AUTH',
-  untrusted: 'DOCXY_UPSTREAM_ERROR',
-};
 
 export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
 
-/** Translates anything thrown while serving a request into the registry error a client gets. */
-export function toRegistryError(error: unknown): RegistryError {
-  if (error instanceof RegistryError) return error;
-  if (error instanceof UpstreamError) {
-    const code = UPSTREAM_FAILURE_CODES[error.kind];
-    return new RegistryError(code, error.message, { detail: { upstream: error.upstream }, cause: error });
-  }
-  return new RegistryError('DOCXY_INTERNAL', 'internal error', { cause: error });
-}
-
 /**
- * The one writer of error bodies. If part of a body was already sent, the only honest signal
- * left is to destroy the connection: never append JSON to half a blob, never end it as if complete.
+ * The one writer of error bodies; which registry error a failure is, core/errors.ts decides. If
+ * part of a body was already sent, the only honest signal left is to destroy the connection:
+ * never append JSON to half a blob, never end it as if complete.
  */
 export function writeError(res: ServerResponse, error: unknown, logger: Logger): void {
   const registryError = toRegistryError(error);

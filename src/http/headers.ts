@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { HeaderValues } from '../upstream/upstream-client.ts';
+import type { HeaderValues } from '../core/registry.ts';
 
 /** Request headers a client's registry request carries upstream; everything else stays here. */
 const FORWARDED_REQUEST_HEADERS = [

@@ -1,10 +1,9 @@
 import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
-import type { RegistryRequest } from '../core/registry-proxy.ts';
-import type { UpstreamConfig } from '../config/load.ts';
-import type { HeaderValues } from '../upstream/upstream-client.ts';
-import { formatChallenge, rewriteChallengeRealm } from '../upstream/challenge.ts';
-import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
+import type { RegistryRequest } from '../core/registry.ts';
+import type { UpstreamConfig } from '../config/types.ts';
+import { withDocxyRealm } from '../core/docxy-challenge.ts';
+import { UpstreamRefusal } from '../core/errors.ts';
 import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { publicBase } from './public-base.ts';
@@ -31,32 +30,12 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
   if (path.kind === 'ping') {
     const upstream = (ns !== undefined ? ctx.resolver.byName(ns) : undefined) ?? ctx.resolver.upstreamForHost(req.headers.host) ?? ctx.resolver.defaultUpstream;
     log.upstream = upstream.name;
-    const client = ctx.upstream(upstream.name);
-    let response;
-    try {
-      response = await client.ping({ method: method!, headers: forwardedRequestHeaders(req), signal });
-      if (ctx.cacheStats && isUnavailable(response.status)) {
-        await response.body.dump();
-        throw new UpstreamError('unreachable', upstream.name, `upstream ${upstream.name} answered ${response.status} to /v2/`);
-      }
-    } catch (error) {
-      // With a cache, an upstream that is down (unreachable, 5xx, 429) must not stop a pull at
-      // its first step: answer the challenge ourselves, so clients go on to the token endpoint
-      // and the cached content.
-      if (!ctx.cacheStats || !(error instanceof UpstreamError)) throw error;
-      ctx.logger.warn({ upstream: upstream.name, err: error.message }, 'upstream unavailable: answering the /v2/ challenge from docxy');
+    const answer = await ctx.ping.ping({ upstream, method: method!, headers: forwardedRequestHeaders(req), realm: realmFor(upstream), signal });
+    if (answer.source === 'docxy') {
       log.source = 'docxy';
-      const service = client.knownService() ?? upstream.name;
-      throw new RegistryError('UNAUTHORIZED', 'authentication required', {
-        headers: { 'www-authenticate': formatChallenge({ scheme: 'bearer', params: { realm: realmFor(upstream), service } }) },
-      });
+      throw answer.challenge;
     }
-    await sendProxyResponse(
-      res,
-      { status: response.status, headers: response.headers, body: response.body, source: 'upstream' },
-      log,
-      (headers) => rewriteAuthenticate(headers, realmFor(upstream)),
-    );
+    await sendProxyResponse(res, answer, log);
     return true;
   }
 
@@ -71,25 +50,31 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
   log.mode = target.mode;
   const request: RegistryRequest = { target, method: method!, headers: forwardedRequestHeaders(req), signal };
   const query = forwardedQuery(url);
+  const realm = realmFor(target.upstream);
   let response;
-  switch (path.kind) {
-    case 'manifest':
-      log.ref = path.raw;
-      response = await ctx.proxy.manifest(request, path.raw);
-      break;
-    case 'blob':
-      log.ref = path.digest.value;
-      response = await ctx.proxy.blob(request, path.digest);
-      break;
-    case 'tags':
-      response = await ctx.proxy.tags(request, query);
-      break;
-    case 'referrers':
-      log.ref = path.digest.value;
-      response = await ctx.proxy.referrers(request, path.digest, query);
-      break;
+  try {
+    switch (path.kind) {
+      case 'manifest':
+        log.ref = path.raw;
+        response = await ctx.registry.manifest(request, path.raw);
+        break;
+      case 'blob':
+        log.ref = path.digest.value;
+        response = await ctx.registry.blob(request, path.digest);
+        break;
+      case 'tags':
+        response = await ctx.registry.tags(request, query);
+        break;
+      case 'referrers':
+        log.ref = path.digest.value;
+        response = await ctx.registry.referrers(request, path.digest, query);
+        break;
+    }
+  } catch (error) {
+    // An upstream refusal's challenge (an access check's 401) points at docxy's token endpoint too.
+    throw error instanceof UpstreamRefusal ? error.withHeaders(withDocxyRealm(error.headers, realm)) : error;
   }
-  await sendProxyResponse(res, response, log, (headers) => rewriteAuthenticate(headers, realmFor(target.upstream)));
+  await sendProxyResponse(res, response, log, (headers) => withDocxyRealm(headers, realm));
   return true;
 };
 
@@ -97,12 +82,6 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
 export function realmUrl(ctx: HttpContext, req: IncomingMessage, upstream: UpstreamConfig): string {
   const base = publicBase(req, { publicUrl: ctx.config.publicUrl, tls: ctx.config.tls !== undefined, trustedProxies: ctx.config.trustedProxies });
   return upstream.name === ctx.resolver.defaultUpstream.name ? `${base}/auth/token` : `${base}/auth/${encodeURIComponent(upstream.name)}/token`;
-}
-
-function rewriteAuthenticate(headers: HeaderValues, realm: string): void {
-  const header = headers['www-authenticate'];
-  if (header === undefined) return;
-  headers['www-authenticate'] = rewriteChallengeRealm(header, realm);
 }
 
 /** The client's query minus docxy's own routing hint (`ns`), e.g. `?n=100&last=x` for tags/list. */

@@ -1,16 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
-import type { CacheStats } from '../observability/cache-stats.ts';
 import type { HttpContext, RequestLog } from './context.ts';
 import { sendJson, writeError } from './error-writer.ts';
 import { clientAddress } from './public-base.ts';
 import { handleRegistry } from './registry-handler.ts';
 import { handleToken } from './token-handler.ts';
-import type { UpstreamClient } from '../upstream/upstream-client.ts';
-
-/** How long a readiness answer may reuse an upstream's last `/v2/` result. */
-const READY_FRESH_MS = 15_000;
-const READY_PING_TIMEOUT_MS = 5_000;
 
 /**
  * The one entry point for every request: routes it, writes errors in one place, and logs one
@@ -41,11 +35,6 @@ export function createRequestHandler(ctx: HttpContext) {
         ms: Math.round((performance.now() - started) * 10) / 10,
         client,
       };
-      if (ctx.cacheStats && log.cache) {
-        ctx.cacheStats.count(log.cache);
-        if (log.cache === 'bypass') ctx.cacheStats.bytesFetchedUpstream += log.bytes;
-        else if (log.cache !== 'miss') ctx.cacheStats.bytesServedFromCache += log.bytes;
-      }
       if (res.writableFinished) ctx.logger.info(fields, 'request');
       else ctx.logger.warn(fields, 'request');
     };
@@ -61,6 +50,9 @@ export function createRequestHandler(ctx: HttpContext) {
       .catch((error: unknown) => {
         log.error = (error as Error)?.message ?? String(error);
         if (controller.signal.aborted && res.destroyed) return;
+        // A request refused before its body was read (too large, malformed): close after the
+        // answer rather than hold the connection open until the request timeout.
+        if (!req.complete) res.shouldKeepAlive = false;
         writeError(res, error, ctx.logger);
       })
       .catch((error: unknown) => {
@@ -91,7 +83,7 @@ async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerRespo
   }
   if (url.pathname === '/ready') {
     log.route = 'ready';
-    const report = await readiness(ctx);
+    const report = await ctx.ping.readiness();
     sendJson(res, report.status === 'ready' ? 200 : 503, report);
     return;
   }
@@ -143,68 +135,4 @@ function countHeader(rawHeaders: string[], name: string): number {
 function safePath(raw: string | undefined): string {
   const path = (raw ?? '').split('?')[0] ?? '';
   return path.length > 300 ? `${path.slice(0, 300)}...` : path;
-}
-
-interface ReadinessReport {
-  status: 'ready' | 'unavailable';
-  upstreams: Record<string, { ok: boolean; status?: number; error?: string; checkedAt: string; ms: number }>;
-  cache?: ReturnType<CacheStats['snapshot']>;
-  /** The cache's storage (with the cache on): `ok: false` when its data dir is full or unwritable. */
-  storage?: Awaited<ReturnType<CacheStats['storage']>>;
-}
-
-/** The outcome of docxy's own last `/v2/` check of an upstream. */
-interface PingState {
-  ok: boolean;
-  status?: number;
-  error?: string;
-  at: number;
-  ms: number;
-}
-
-/** docxy's own `/v2/` checks, one upstream at a time: clients' requests never decide readiness. */
-const probes = new WeakMap<UpstreamClient, { last?: PingState; running?: Promise<void> }>();
-
-/** Sends docxy's own `GET /v2/` (no client headers, its own timeout) unless one is recent or running. */
-async function probe(client: UpstreamClient): Promise<PingState | undefined> {
-  let entry = probes.get(client);
-  if (!entry) probes.set(client, (entry = {}));
-  const state = entry;
-  if (state.last && Date.now() - state.last.at <= READY_FRESH_MS) return state.last;
-  state.running ??= (async () => {
-    const started = Date.now();
-    try {
-      const response = await client.ping({ signal: AbortSignal.timeout(READY_PING_TIMEOUT_MS) });
-      await response.body.dump();
-      state.last = { ok: response.status < 500 && response.status !== 429, status: response.status, at: Date.now(), ms: Date.now() - started };
-    } catch (error) {
-      state.last = { ok: false, error: (error as Error).message, at: Date.now(), ms: Date.now() - started };
-    }
-  })().finally(() => {
-    state.running = undefined;
-  });
-  await state.running;
-  return state.last;
-}
-
-/** Ready when the default upstream answered docxy's own `/v2/` check recently (below 500, not 429). */
-async function readiness(ctx: HttpContext): Promise<ReadinessReport> {
-  const clients = [...ctx.upstreams()];
-  // A full or unwritable cache does not make docxy unready: blobs are then streamed through
-  // uncached and stored content is still served, so pulls go on. It is reported, not hidden.
-  const [results, storage] = await Promise.all([Promise.all(clients.map(probe)), ctx.cacheStats?.storage()]);
-  const upstreams: ReadinessReport['upstreams'] = {};
-  for (const [i, client] of clients.entries()) {
-    const ping = results[i];
-    if (!ping) continue;
-    upstreams[client.name] = {
-      ok: ping.ok,
-      ...(ping.status !== undefined ? { status: ping.status } : {}),
-      ...(ping.error !== undefined ? { error: ping.error } : {}),
-      checkedAt: new Date(ping.at).toISOString(),
-      ms: ping.ms,
-    };
-  }
-  const ok = upstreams[ctx.resolver.defaultUpstream.name]?.ok === true;
-  return { status: ok ? 'ready' : 'unavailable', upstreams, ...(ctx.cacheStats ? { cache: ctx.cacheStats.snapshot() } : {}), ...(storage ? { storage } : {}) };
 }

@@ -1,7 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import type { ProxyResponse } from '../core/registry-proxy.ts';
-import type { HeaderValues } from '../upstream/upstream-client.ts';
+import type { HeaderValues, RegistryResponse } from '../core/registry.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER } from './error-writer.ts';
 import { forwardableResponseHeaders } from './headers.ts';
@@ -13,13 +12,12 @@ import { forwardableResponseHeaders } from './headers.ts';
  */
 export async function sendProxyResponse(
   res: ServerResponse,
-  response: ProxyResponse,
+  response: RegistryResponse,
   log: RequestLog,
-  rewriteHeaders?: (headers: HeaderValues) => void,
+  rewriteHeaders: (headers: HeaderValues) => HeaderValues = (headers) => headers,
 ): Promise<void> {
-  const headers = forwardableResponseHeaders(response.headers);
+  const headers = rewriteHeaders(forwardableResponseHeaders(response.headers));
   if (headers['docker-distribution-api-version'] === undefined) Object.assign(headers, API_VERSION_HEADER);
-  rewriteHeaders?.(headers);
   log.source = response.source;
   if (response.cache) log.cache = response.cache;
   const body = response.body;
@@ -43,5 +41,7 @@ export async function sendProxyResponse(
   } catch (error) {
     body.destroy();
     throw error;
+  } finally {
+    response.sent?.(log.bytes);
   }
 }

@@ -1,6 +1,5 @@
-import type { StorageStatus } from '../storage/storage-health.ts';
 
-/** How a request was answered with respect to the cache; goes into the request log line. */
+/** What the cache did for one answer, for the request log and the counters. */
 export type CacheOutcome = 'hit' | 'miss' | 'joined' | 'revalidated' | 'stale' | 'negative' | 'bypass';
 
 /** The cache's counters, reported in `/ready` and the logs. */
@@ -19,21 +18,18 @@ export class CacheStats {
   evictions = 0;
   bytesEvicted = 0;
 
-  /** Where the storage's state comes from (not a counter: kept out of snapshots). */
-  #storage: (() => Promise<StorageStatus>) | undefined;
-
-  /** Makes `storage()` report the cache's storage through `check` (its health probe). */
-  watchStorage(check: () => Promise<StorageStatus>): void {
-    this.#storage = check;
-  }
-
-  /** Whether the cache's storage takes writes (for `/ready`); undefined when nothing watches it. */
-  async storage(): Promise<StorageStatus | undefined> {
-    return this.#storage?.();
-  }
-
   count(outcome: CacheOutcome): void {
     this.requests[outcome]++;
+  }
+
+  /**
+   * Body bytes an answer with the given outcome delivered: served from the cache (stored or
+   * in-flight content), or fetched upstream for a bypass. A miss counts nothing here: its fill
+   * counts what it fetches.
+   */
+  countSent(outcome: CacheOutcome, bytes: number): void {
+    if (outcome === 'bypass') this.bytesFetchedUpstream += bytes;
+    else if (outcome !== 'miss') this.bytesServedFromCache += bytes;
   }
 
   snapshot() {

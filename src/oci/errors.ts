@@ -35,6 +35,7 @@ export class RegistryError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly detail: unknown;
+  /** Headers the answer carries (a 401's challenge, a 429's Retry-After, a 405's Allow). */
   readonly headers: Record<string, string>;
 
   constructor(

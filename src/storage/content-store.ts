@@ -1,14 +1,17 @@
-import type { Hash } from 'node:crypto';
-import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createDigestHash, parseDigest, type Digest } from '../oci/digest.ts';
+import type { Readable, Writable } from 'node:stream';
+import { parseDigest, type Digest } from '../oci/digest.ts';
 import { CommitGate } from './commit-gate.ts';
-import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './storage-driver.ts';
+import { DigestMismatchError, verifyContent } from './content-verifier.ts';
+import type { ByteRange, ContentExpectation, StorageDriver, StorageEntry, StorageStat, StorageWriter } from './storage-driver.ts';
+
+export { DigestMismatchError } from './content-verifier.ts';
 
 export type ContentKind = 'blob' | 'manifest';
 
 /**
- * Content-addressed storage on top of any StorageDriver; the place where content is verified.
+ * Content-addressed storage on top of any StorageDriver: keys by digest, and every write through
+ * the driver's verified writer (digest and length checked on the way in, for blobs and manifests
+ * alike); stored manifests are checked again when read.
  *
  * Key layout (the first two hex digits fan the files out over at most 256 directories):
  *
@@ -28,23 +31,18 @@ export class ContentStore {
   }
 
   /**
-   * A writer that hashes and counts the bytes passing through `stream`; `commit()` makes them
-   * visible only when they hash to `digest` and (when given) number `expectedSize`, and
-   * otherwise discards them and rejects with DigestMismatchError. A manifest needs its media
-   * type. Throws on an invalid digest.
+   * The driver's verified writer under the content's key: `commit()` makes the bytes visible
+   * only when they hash to `digest` and (when given) number `expectedSize`, and otherwise
+   * discards them and rejects with DigestMismatchError; followers (`openReader`) get the bytes
+   * while they arrive. A manifest needs its media type. Throws on an invalid digest or size.
    */
-  async createVerifiedWriter(kind: ContentKind, digest: string, expectedSize?: number, mediaType?: string): Promise<VerifiedWriter> {
+  async createVerifiedWriter(kind: ContentKind, digest: string, expectedSize?: number, mediaType?: string): Promise<StorageWriter> {
     const parsed = requireDigest(digest);
-    if (expectedSize !== undefined && (!Number.isSafeInteger(expectedSize) || expectedSize < 0)) {
-      throw new RangeError(`invalid expected size: ${expectedSize}`);
-    }
-    let sidecar: { key: string; data: string } | undefined;
-    if (kind === 'manifest') {
-      if (mediaType === undefined) throw new TypeError('a manifest writer needs its media type');
-      sidecar = { key: metaKey(parsed), data: JSON.stringify({ mediaType } satisfies ManifestMeta) };
-    }
-    const inner = await this.driver.createWriter(contentKey(kind, parsed));
-    return new VerifiedWriter(this.driver, inner, parsed, expectedSize, sidecar);
+    const expected: ContentExpectation = expectedSize === undefined ? { digest: parsed.value } : { digest: parsed.value, size: expectedSize };
+    if (kind === 'blob') return this.driver.createWriter(contentKey(kind, parsed), expected);
+    if (mediaType === undefined) throw new TypeError('a manifest writer needs its media type');
+    const inner = await this.driver.createWriter(contentKey(kind, parsed), expected);
+    return new ManifestWriter(this.driver, inner, { key: metaKey(parsed), data: JSON.stringify({ mediaType } satisfies ManifestMeta) });
   }
 
   async stat(kind: ContentKind, digest: string): Promise<StorageStat | undefined> {
@@ -56,7 +54,7 @@ export class ContentStore {
   }
 
   /** Streams the content (or an inclusive range of it); rejects with StorageNotFoundError when absent. */
-  async read(kind: ContentKind, digest: string, range?: { start: number; end?: number }): Promise<Readable> {
+  async read(kind: ContentKind, digest: string, range?: ByteRange): Promise<Readable> {
     return this.driver.read(contentKey(kind, requireDigest(digest)), range);
   }
 
@@ -80,7 +78,7 @@ export class ContentStore {
     }
   }
 
-  /** Stores a manifest whole, after checking that `bytes` hash to `digest`. */
+  /** Stores a manifest whole, through the verified writer (DigestMismatchError unless `bytes` hash to `digest`). */
   async putManifest(digest: string, mediaType: string, bytes: Buffer): Promise<void> {
     const writer = await this.createVerifiedWriter('manifest', digest, bytes.length, mediaType);
     writer.stream.end(bytes);
@@ -97,7 +95,7 @@ export class ContentStore {
     if (bytes === undefined) return undefined;
     const meta = await this.driver.readAll(metaKey(parsed));
     const mediaType = meta === undefined ? undefined : parseMeta(meta)?.mediaType;
-    if (mediaType === undefined || createDigestHash(parsed).update(bytes).digest('hex') !== parsed.hex) {
+    if (mediaType === undefined || !matches(bytes, parsed)) {
       await this.delete('manifest', digest);
       return undefined;
     }
@@ -118,123 +116,69 @@ interface ManifestMeta {
   mediaType: string;
 }
 
-/** The content did not match what it was announced as; nothing was stored. */
-export class DigestMismatchError extends Error {
-  readonly expectedDigest: string;
-  /** Undefined when the write was stopped early, as soon as it outgrew `expectedSize`. */
-  readonly actualDigest: string | undefined;
-  readonly expectedSize: number | undefined;
-  /** Bytes received (when stopped early: at least that many were sent). */
-  readonly actualSize: number;
-
-  constructor(details: { expectedDigest: string; actualDigest: string | undefined; expectedSize: number | undefined; actualSize: number }) {
-    const what =
-      details.actualDigest === undefined
-        ? `more than the ${details.expectedSize} bytes expected`
-        : `${details.actualDigest} (${details.actualSize} bytes)`;
-    super(`content does not match ${details.expectedDigest}${details.expectedSize === undefined ? '' : ` (${details.expectedSize} bytes)`}: got ${what}`);
-    this.name = 'DigestMismatchError';
-    this.expectedDigest = details.expectedDigest;
-    this.actualDigest = details.actualDigest;
-    this.expectedSize = details.expectedSize;
-    this.actualSize = details.actualSize;
-  }
-}
-
-export class VerifiedWriter {
-  /** Where the bytes go: hashes and counts, then forwards to the driver with backpressure. */
-  readonly stream: Writable;
-  readonly digest: Digest;
-  readonly expectedSize: number | undefined;
+/**
+ * A manifest's writer: the driver's verified writer, plus the sidecar holding its media type,
+ * written once the bytes are verified and before they become visible.
+ */
+class ManifestWriter implements StorageWriter {
   readonly #driver: StorageDriver;
   readonly #inner: StorageWriter;
-  readonly #sidecar: { key: string; data: string } | undefined;
-  readonly #hash: Hash;
-  /** Settles when every byte reached the driver's stream (or the first error of either stream). */
-  readonly #piped: Promise<void>;
-  #written = 0;
-  #actualHex: string | undefined;
+  readonly #sidecar: { key: string; data: string };
+  #abortReason: Error | undefined;
   readonly #gate = new CommitGate(
     () => this.#commit(),
-    () => this.#abort(),
+    () => this.#inner.abort(this.#abortReason),
   );
 
-  constructor(
-    driver: StorageDriver,
-    inner: StorageWriter,
-    digest: Digest,
-    expectedSize: number | undefined,
-    sidecar: { key: string; data: string } | undefined,
-  ) {
+  constructor(driver: StorageDriver, inner: StorageWriter, sidecar: { key: string; data: string }) {
     this.#driver = driver;
     this.#inner = inner;
-    this.digest = digest;
-    this.expectedSize = expectedSize;
     this.#sidecar = sidecar;
-    this.#hash = createDigestHash(digest);
-    const hasher = new Transform({
-      transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => {
-        this.#written += chunk.length;
-        if (expectedSize !== undefined && this.#written > expectedSize) {
-          // Stop a runaway upstream now rather than after it has sent everything.
-          callback(this.#mismatch());
-          return;
-        }
-        this.#hash.update(chunk);
-        callback(null, chunk);
-      },
-      flush: (callback: TransformCallback) => {
-        this.#actualHex = this.#hash.digest('hex');
-        callback();
-      },
-    });
-    this.stream = hasher;
-    this.#piped = pipeline(hasher, inner.stream);
-    // Observed by commit(); until then a failure must not be an unhandled rejection.
-    this.#piped.catch(() => {});
   }
 
-  /** Bytes received so far. */
+  get stream(): Writable {
+    return this.#inner.stream;
+  }
+
+  get expected(): StorageWriter['expected'] {
+    return this.#inner.expected;
+  }
+
   get written(): number {
-    return this.#written;
+    return this.#inner.written;
   }
 
-  /**
-   * Ends the stream if needed, waits for every byte, then commits when the content matches;
-   * otherwise discards it and rejects (with DigestMismatchError on a mismatch).
-   */
+  openReader(range?: ByteRange): Readable {
+    return this.#inner.openReader(range);
+  }
+
+  seal(): Promise<void> {
+    return this.#inner.seal();
+  }
+
   commit(): Promise<void> {
     return this.#gate.commit();
   }
 
   async #commit(): Promise<void> {
-    if (!this.stream.writableEnded) this.stream.end();
-    await this.#piped;
-    const actual = `${this.digest.algorithm}:${this.#actualHex}`;
-    if (actual !== this.digest.value || (this.expectedSize !== undefined && this.#written !== this.expectedSize)) {
-      throw this.#mismatch(actual);
-    }
-    if (this.#sidecar) await this.#driver.writeAll(this.#sidecar.key, this.#sidecar.data);
+    await this.#inner.seal();
+    await this.#driver.writeAll(this.#sidecar.key, this.#sidecar.data);
     await this.#inner.commit();
   }
 
-  /** Discards the content; safe to call more than once; after commit() it only waits for it. */
-  abort(): Promise<void> {
+  abort(reason?: Error): Promise<void> {
+    this.#abortReason ??= reason;
     return this.#gate.abort();
   }
+}
 
-  async #abort(): Promise<void> {
-    this.stream.destroy();
-    await this.#inner.abort();
-  }
-
-  #mismatch(actualDigest?: string): DigestMismatchError {
-    return new DigestMismatchError({
-      expectedDigest: this.digest.value,
-      actualDigest,
-      expectedSize: this.expectedSize,
-      actualSize: this.#written,
-    });
+function matches(bytes: Buffer, digest: Digest): boolean {
+  try {
+    verifyContent(bytes, { digest: digest.value });
+    return true;
+  } catch (error) {
+    if (error instanceof DigestMismatchError) return false;
+    throw error;
   }
 }
 

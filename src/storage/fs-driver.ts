@@ -1,11 +1,21 @@
 import { randomUUID } from 'node:crypto';
-import { CommitGate } from './commit-gate.ts';
-import type { Dir, WriteStream } from 'node:fs';
-import { mkdir, open, opendir, readdir, readFile, rename, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import type { Dir } from 'node:fs';
+import { mkdir, open, opendir, readdir, readFile, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
-import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageSpace, type StorageStat, type StorageWriter } from './storage-driver.ts';
+import { ContentVerifier, type ContentExpectation } from './content-verifier.ts';
+import { FsStage } from './fs-stage.ts';
+import { StagedWriter } from './staged-writer.ts';
+import {
+  checkRange,
+  StorageNotFoundError,
+  type ByteRange,
+  type StorageDriver,
+  type StorageEntry,
+  type StorageSpace,
+  type StorageStat,
+  type StorageWriter,
+} from './storage-driver.ts';
 
 /**
  * Chunk size of blob reads. Streaming a page-cached 1 GiB file to a TCP socket (2 cores):
@@ -14,8 +24,6 @@ import { StorageNotFoundError, type StorageDriver, type StorageEntry, type Stora
  * at half the memory per concurrent reader of 1 MiB.
  */
 export const READ_HIGH_WATER_MARK = 512 * 1024;
-/** Bytes a writer buffers before `write()` returns false; large enough for `writev` batching. */
-export const WRITE_HIGH_WATER_MARK = 4 * 1024 * 1024;
 /** Directory under the root holding writes in progress; never a key. */
 export const TMP_DIR = '_tmp';
 
@@ -56,7 +64,7 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  async read(key: string, range?: { start: number; end?: number }): Promise<Readable> {
+  async read(key: string, range?: ByteRange): Promise<Readable> {
     const path = this.#path(key);
     if (range) checkRange(range);
     let handle: FileHandle;
@@ -87,13 +95,16 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  async createWriter(key: string): Promise<StorageWriter> {
+  async createWriter(key: string, expected?: ContentExpectation): Promise<StorageWriter> {
     const target = this.#path(key);
+    const verifier = expected && new ContentVerifier(expected); // an invalid expectation throws before any file exists
     await mkdir(this.#tmpDir, { recursive: true });
     const tmp = join(this.#tmpDir, `${randomUUID()}.tmp`);
-    const handle = await open(tmp, 'wx');
+    // Read and write: the write's followers read the temp file back on the same descriptor.
+    const handle = await open(tmp, 'wx+');
     this.#active.add(tmp);
-    return new FsWriter(handle, tmp, target, () => this.#active.delete(tmp));
+    const stage = new FsStage(handle, tmp, target, (range) => this.read(key, range), () => this.#active.delete(tmp));
+    return new StagedWriter(stage, verifier);
   }
 
   async writeAll(key: string, data: Buffer | string): Promise<void> {
@@ -197,98 +208,6 @@ export class FsDriver implements StorageDriver {
   }
 }
 
-class FsWriter implements StorageWriter {
-  readonly stream: WriteStream;
-  /**
-   * The temp file receiving the bytes, for readers that follow a write in progress. A descriptor
-   * opened on it stays valid after commit (rename) and abort (unlink). Not (yet) in the
-   * StorageWriter interface: a driver without local files (S3) has none.
-   */
-  readonly localPath: string;
-  readonly #handle: FileHandle;
-  readonly #tmp: string;
-  readonly #target: string;
-  readonly #release: () => void;
-  readonly #gate = new CommitGate(
-    () => this.#commit(),
-    () => this.#abort(),
-  );
-
-  constructor(handle: FileHandle, tmp: string, target: string, release: () => void) {
-    this.#handle = handle;
-    this.#tmp = tmp;
-    this.localPath = tmp;
-    this.#target = target;
-    this.#release = release;
-    // autoClose: false keeps the descriptor open after 'finish' so commit() can fsync it.
-    this.stream = handle.createWriteStream({ autoClose: false, highWaterMark: WRITE_HIGH_WATER_MARK });
-    // Destroyed before commit (a failed pipeline, say): nobody will commit, remove the temp file.
-    this.stream.once('close', () => {
-      if (this.#gate.state === 'open') this.abort().catch(() => {});
-    });
-    // A failed write (ENOSPC, EIO...): without autoClose the stream is not destroyed and never
-    // closes by itself, so the temp file and its descriptor would stay until someone aborts. The
-    // owner hears the error too (its own listener, or commit() rejecting); this listener also
-    // keeps an error nobody listens for from crashing the process.
-    this.stream.on('error', () => {
-      if (this.#gate.state === 'open') this.abort().catch(() => {});
-    });
-  }
-
-  /** Bytes that reached the file (those still buffered in `stream` do not count yet). */
-  get written(): number {
-    return this.stream.bytesWritten;
-  }
-
-  commit(): Promise<void> {
-    return this.#gate.commit();
-  }
-
-  async #commit(): Promise<void> {
-    if (!this.stream.writableEnded) this.stream.end();
-    await finished(this.stream);
-    await this.#handle.sync();
-    // The stream holds a reference on the handle: the handle closes once the stream lets go.
-    this.stream.destroy();
-    await this.#handle.close();
-    const dir = dirname(this.#target);
-    await mkdir(dir, { recursive: true });
-    await rename(this.#tmp, this.#target);
-    this.#release();
-    await syncDirectory(dir);
-  }
-
-  abort(): Promise<void> {
-    return this.#gate.abort();
-  }
-
-  async #abort(): Promise<void> {
-    // As in commit(): the handle closes once the stream (which may be mid-write) lets go.
-    this.stream.destroy();
-    await this.#handle.close().catch(() => {});
-    try {
-      await unlink(this.#tmp);
-    } catch (error) {
-      if (!isMissing(error)) throw error;
-    } finally {
-      this.#release();
-    }
-  }
-}
-
-/** Makes a rename durable; best effort (some filesystems refuse to fsync a directory). */
-async function syncDirectory(path: string): Promise<void> {
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(path, 'r');
-    await handle.sync();
-  } catch {
-    // The content is complete either way; only its durability across a power loss is at stake.
-  } finally {
-    await handle?.close().catch(() => {});
-  }
-}
-
 /**
  * A key is `/`-separated segments, none empty, `.` or `..`; no backslash or NUL; not absolute;
  * not under the temp directory.
@@ -299,13 +218,6 @@ function checkKey(key: string): void {
   const segments = key.split('/');
   if (segments.some((segment) => segment === '' || segment === '.' || segment === '..') || segments[0] === TMP_DIR) {
     throw new Error(`invalid storage key: ${JSON.stringify(key)}`);
-  }
-}
-
-function checkRange(range: { start: number; end?: number }): void {
-  const { start, end } = range;
-  if (!Number.isSafeInteger(start) || start < 0 || (end !== undefined && (!Number.isSafeInteger(end) || end < start))) {
-    throw new RangeError(`invalid storage range: ${JSON.stringify(range)}`);
   }
 }
 

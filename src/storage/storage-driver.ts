@@ -1,4 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
+import type { ContentExpectation } from './content-verifier.ts';
+
+export type { ContentExpectation } from './content-verifier.ts';
 
 /**
  * Where cached content lives. Keys are `/`-separated relative paths such as
@@ -9,7 +12,11 @@ import type { Readable, Writable } from 'node:stream';
  * - an aborted or crashed write leaves nothing visible under the key (and no temp file that
  *   survives `cleanup()`);
  * - a reader that opened a key keeps reading the same bytes even if the key is deleted or
- *   replaced meanwhile.
+ *   replaced meanwhile;
+ * - a writer given an expectation (digest, length) commits only content that meets it, and
+ *   stops as soon as the content outgrows the length;
+ * - a follower (`writer.openReader`) gets the bytes of a write in progress as they arrive, ends
+ *   once the write is sealed (every byte stored and checked), fails when the write fails before.
  */
 export interface StorageDriver {
   /** Size and last-modified time, or undefined when the key does not exist. */
@@ -18,11 +25,14 @@ export interface StorageDriver {
    * Streams a key's bytes, optionally only `[start, end]` (inclusive, as in HTTP ranges).
    * Rejects with StorageNotFoundError when the key does not exist.
    */
-  read(key: string, range?: { start: number; end?: number }): Promise<Readable>;
+  read(key: string, range?: ByteRange): Promise<Readable>;
   /** Reads a small key whole (manifests, metadata); undefined when it does not exist. */
   readAll(key: string): Promise<Buffer | undefined>;
-  /** Starts a write; nothing is visible under `key` until `commit()`. */
-  createWriter(key: string): Promise<StorageWriter>;
+  /**
+   * Starts a write; nothing is visible under `key` until `commit()`. With `expected`, the writer
+   * verifies the content on its way in (see StorageWriter). Throws on an invalid expectation.
+   */
+  createWriter(key: string, expected?: ContentExpectation): Promise<StorageWriter>;
   /** Writes a small value whole and atomically. */
   writeAll(key: string, data: Buffer | string): Promise<void>;
   /** Removes a key; no error when it does not exist. */
@@ -55,21 +65,55 @@ export interface StorageEntry extends StorageStat {
   key: string;
 }
 
+/** Bytes `start` to `end`, both inclusive (as in HTTP ranges); without `end`, to the last byte. */
+export interface ByteRange {
+  start: number;
+  end?: number;
+}
+
+/**
+ * One write to a key. Bytes go into `stream`; `seal()` ends it and waits until every byte is
+ * stored and checked; `commit()` (which seals first) makes the content visible, atomically.
+ *
+ * With an expectation, the writer is where content is verified on its way into storage: the
+ * stream fails with DigestMismatchError as soon as the content outgrows the expected size, and
+ * sealing fails with it when the digest or length do not match; either way nothing is committed.
+ * Its followers never get the content's last byte before it is verified, so a client that
+ * streams a blob from a follower cannot take a wrong blob for a complete one.
+ */
 export interface StorageWriter {
-  /** Where the bytes go; honours backpressure. End it before commit(). */
+  /**
+   * Where the bytes go; honours backpressure. Fails ('error') when the storage refuses a write
+   * (ENOSPC...) or the content outgrows its expected size; the write is then aborted.
+   */
   readonly stream: Writable;
-  /** Bytes that have reached the destination (for a file: are readable from `localPath`). */
+  /** What the content is checked against, when the writer verifies it. */
+  readonly expected: Readonly<ContentExpectation> | undefined;
+  /** Bytes stored so far (what followers can read). */
   readonly written: number;
   /**
-   * The local file the bytes land in before commit, when the driver writes to one (the
-   * filesystem driver does). Followers of an in-flight cache fill read it while it grows; the
-   * cache needs it today (a remote driver will need a local spool file for its fills).
+   * Follows the write: a stream of its bytes `[start, end]` that delivers them as they arrive
+   * (chunks handed over as they come in to a follower that keeps up, read back from the storage by
+   * one that fell behind, with positional reads: memory stays flat in the content's size), ends
+   * once the write is sealed (or at `end`), and fails with the write's error when the write fails
+   * or is aborted before it was sealed. A follower of a sealed write reads to its end even if the
+   * commit then fails. After a successful commit it reads the committed key. Throws when the write
+   * has already failed.
    */
-  readonly localPath?: string;
-  /** Makes the content visible under the key, atomically (rename). */
+  openReader(range?: ByteRange): Readable;
+  /**
+   * Ends the stream (if the caller did not) and waits until every byte is stored and, with an
+   * expectation, verified. Rejects with the write's error (DigestMismatchError when the content
+   * does not match), after which the write is aborted. Safe to call more than once.
+   */
+  seal(): Promise<void>;
+  /** Seals, then makes the content visible under the key, atomically (and durably, where the storage can). */
   commit(): Promise<void>;
-  /** Discards the content; the key is left as it was. Safe to call more than once; after commit() it only waits for the commit. */
-  abort(): Promise<void>;
+  /**
+   * Discards the content; the key is left as it was. Followers of an unsealed write fail with
+   * `reason`. Safe to call more than once; after commit() it only waits for the commit.
+   */
+  abort(reason?: Error): Promise<void>;
 }
 
 export class StorageNotFoundError extends Error {
@@ -91,3 +135,11 @@ export function isStorageUnwritable(error: unknown): boolean {
 }
 
 const UNWRITABLE_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO', 'EFBIG']);
+
+/** Throws a RangeError unless `range` is a valid ByteRange. */
+export function checkRange(range: ByteRange): void {
+  const { start, end } = range;
+  if (!Number.isSafeInteger(start) || start < 0 || (end !== undefined && (!Number.isSafeInteger(end) || end < start))) {
+    throw new RangeError(`invalid storage range: ${JSON.stringify(range)}`);
+  }
+}

@@ -108,14 +108,12 @@ export class StorageHealth {
   }
 }
 
-/** Writes a few bytes to a new temp file and discards it (the driver removes it). */
+/** Writes a few bytes that are never committed (sealing waits until they are stored), then discards them. */
 async function probeWrite(driver: StorageDriver): Promise<void> {
   const writer = await driver.createWriter(PROBE_KEY);
   try {
-    await new Promise<void>((resolve, reject) => {
-      writer.stream.once('error', reject);
-      writer.stream.write(Buffer.alloc(PROBE_BYTES), (error) => (error ? reject(error) : resolve()));
-    });
+    writer.stream.end(Buffer.alloc(PROBE_BYTES));
+    await writer.seal();
   } finally {
     await writer.abort();
   }

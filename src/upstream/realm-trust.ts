@@ -1,4 +1,4 @@
-import type { UpstreamConfig } from '../config/load.ts';
+import type { UpstreamConfig } from '../config/types.ts';
 
 export type RealmVerdict = { trusted: true } | { trusted: false; reason: string };
 

@@ -1,6 +1,12 @@
 import { createHash } from 'node:crypto';
-import type { UpstreamClient } from './upstream-client.ts';
 import { UpstreamError } from './upstream-error.ts';
+
+/** What the token cache needs of its upstream's client (an UpstreamClient): its scheme, and requests to the realm. */
+export interface TokenServiceClient {
+  readonly name: string;
+  getAuthScheme(): Promise<{ kind: 'none' } | { kind: 'basic' } | { kind: 'bearer'; realm: URL; service?: string }>;
+  request(request: { method: 'GET'; target: URL; headers: Record<string, string> }): Promise<{ status: number; body: { text(): Promise<string> } }>;
+}
 
 export interface Credentials {
   username: string;
@@ -23,13 +29,13 @@ const MAX_ENTRIES = 10_000;
  * (credentials, scope) until shortly before they expire, one fetch at a time per key.
  */
 export class TokenCache {
-  private readonly client: UpstreamClient;
+  private readonly client: TokenServiceClient;
   private readonly tokens = new Map<string, CachedToken>();
   private readonly inFlight = new Map<string, Promise<string | undefined>>();
   /** Token-service requests made, for tests and metrics. */
   fetches = 0;
 
-  constructor(client: UpstreamClient) {
+  constructor(client: TokenServiceClient) {
     this.client = client;
   }
 

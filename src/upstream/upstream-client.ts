@@ -1,5 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
-import type { UpstreamConfig } from '../config/load.ts';
+import type { UpstreamConfig } from '../config/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import { checkRealm } from './realm-trust.ts';

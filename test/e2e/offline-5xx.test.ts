@@ -18,7 +18,7 @@ import { E2E_PASSWORD, E2E_USER, startHubUpstream } from './harness/hub-upstream
 import type { TokenServer } from './harness/token-server.ts';
 import type { Registry } from './harness/registry.ts';
 import type { SeededImages, TestImage } from './harness/images.ts';
-import { requestLogs, startDocxy, type Docxy } from './harness/docxy.ts';
+import { requestLogs, startDocxy, type Docxy, type RequestLog } from './harness/docxy.ts';
 import { createContainersEnv, type ContainersEnv } from './harness/containers-env.ts';
 import { assertServedFromCache as assertCached, linesFor as linesForHarness, pullVerified } from './harness/cached-pull.ts';
 import { httpStatus } from './harness/net.ts';
@@ -128,12 +128,33 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
     }
   }
 
+  // The scenario's stages, run by whichever test needs them (so that every test also runs alone,
+  // or in any order): the pull while the fronts pass everything on (once), then a phase's modes.
+  let online: Promise<RequestLog[]> | undefined;
+  /** Stage 1: alpine pulled through the fronts passing everything on; resolves with its request lines. */
+  const pulledOnline = (): Promise<RequestLog[]> =>
+    (online ??= (async () => {
+      const { docxy: proxy, registryFront: rf, tokenFront: tf } = ready();
+      rf.setMode('pass');
+      tf.setMode('pass');
+      const since = proxy.logs.length;
+      await pull(images.alpine, 'alpine-online');
+      onlineEnded = Date.now();
+      return linesFor(since, images.alpine.repo, images.alpine.tag);
+    })());
+  /** Stage 2 (after stage 1): the fronts in `phase`'s modes, and the tag TTL past since the online pull. */
+  const enter = async (phase: Phase): Promise<void> => {
+    await pulledOnline();
+    const { registryFront: rf, tokenFront: tf } = ready();
+    rf.setMode(phase.registry);
+    tf.setMode(phase.token);
+    // Past the tag TTL: the next pull must revalidate the tag, and cannot.
+    await sleep(Math.max(0, onlineEnded + TAG_TTL_S * 1000 + 200 - Date.now()));
+  };
+
   test('online: skopeo pulls library/alpine:3.20 (every platform) through the fronts', { timeout: 90_000 }, async () => {
-    const { docxy: proxy, registryFront: rf, tokenFront: tf } = ready();
-    const since = proxy.logs.length;
-    await pull(images.alpine, 'alpine-online');
-    onlineEnded = Date.now();
-    const lines = await linesFor(since, images.alpine.repo, images.alpine.tag);
+    const { registryFront: rf, tokenFront: tf } = ready();
+    const lines = await pulledOnline();
     assert.ok(lines.some((l) => l.cache === 'miss'), 'the first pull went upstream');
     // docxy reached Distribution and the token service only through their fronts.
     assert.ok(rf.requests.some((r) => r.path.startsWith(`/v2/${images.alpine.repo}/manifests/`) && r.status === 200), answers(rf, 0).join('\n'));
@@ -143,12 +164,9 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
   for (const phase of [EDGE_503, EDGE_429, TOKEN_503]) {
     test(`${phase.name}: the fronts switch (registry ${phase.registry}, token service ${phase.token}); docxy still answers /v2/ with its challenge`, { timeout: 30_000 }, async () => {
       const { docxy: proxy, registryFront: rf, tokenFront: tf } = ready();
-      rf.setMode(phase.registry);
-      tf.setMode(phase.token);
+      await enter(phase);
       assert.equal(await httpStatus(`${rf.url}/v2/`), statusOf(phase.registry) ?? 401, 'the registry front');
       assert.equal(await httpStatus(tf.url), statusOf(phase.token) ?? 404, 'the token front');
-      // Past the tag TTL: the next pull must revalidate the tag, and cannot.
-      await sleep(Math.max(0, onlineEnded + TAG_TTL_S * 1000 + 200 - Date.now()));
       const since = rf.requests.length;
       assert.equal(await httpStatus(`${proxy.url}/v2/`), 401, `docxy's /v2/ while the upstream's /v2/ answers ${phase.registry}: it must be docxy's own challenge`);
       if (phase.registry !== 'pass') {
@@ -157,8 +175,9 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
     });
 
     if (phase.registry !== 'pass') {
-      test(`${phase.name}: skopeo pulls library/alpine:3.20 again anonymously, served stale from the cache, every digest verified`, { timeout: 60_000 }, async () => {
+      test(`${phase.name}: skopeo pulls library/alpine:3.20 again anonymously, served stale from the cache, every digest verified`, { timeout: 90_000 }, async () => {
         const { docxy: proxy, registryFront: rf } = ready();
+        await enter(phase);
         const since = proxy.logs.length;
         const frontSince = rf.requests.length;
         await pull(images.alpine, `alpine-${phase.registry}-anonymous`, [], SKOPEO_TIMEOUT_MS);
@@ -168,11 +187,13 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
       });
     }
 
-    test(`${phase.name}: the same pull with credentials (--src-creds): docxy's token endpoint answers`, { timeout: 60_000 }, async () => {
+    test(`${phase.name}: the same pull with credentials (--src-creds): docxy's token endpoint answers`, { timeout: 90_000 }, async () => {
       const { docxy: proxy, tokenFront: tf } = ready();
+      await enter(phase);
       const since = proxy.logs.length;
       const tokenSince = tf.requests.length;
       await pull(images.alpine, `alpine-${phase.registry}-${phase.token}-creds`, ['--src-creds', CREDS], SKOPEO_TIMEOUT_MS);
+      if (phase.registry === 'pass') onlineEnded = Date.now(); // the upstream could confirm the tag again
       if (phase.registry !== 'pass') await assertServedFromCache(since);
       const token = requestLogs(proxy.logs, since).find((l) => l.route === 'token');
       assert.equal(token?.status, 200, 'skopeo got a token from docxy');
@@ -182,6 +203,7 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
     });
 
     test(`${phase.name}: images never pulled fail promptly with a 5xx naming the upstream`, { timeout: 90_000 }, async () => {
+      await enter(phase);
       const cases = [
         // library/big:1 exists upstream but docxy never fetched it (nor a token for it).
         { repo: images.big.repo, tag: images.big.tag, extra: [] as string[] },

@@ -13,7 +13,7 @@ import { E2E_PASSWORD, E2E_USER, startHubUpstream } from './harness/hub-upstream
 import type { TokenServer } from './harness/token-server.ts';
 import type { Registry } from './harness/registry.ts';
 import type { SeededImages, TestImage } from './harness/images.ts';
-import { requestLogs, startDocxy, type Docxy } from './harness/docxy.ts';
+import { requestLogs, startDocxy, type Docxy, type RequestLog } from './harness/docxy.ts';
 import { createContainersEnv, type ContainersEnv } from './harness/containers-env.ts';
 import { assertServedFromCache as assertCached, linesFor as linesForHarness, pullVerified } from './harness/cached-pull.ts';
 import { httpStatus } from './harness/net.ts';
@@ -59,35 +59,51 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
   const linesFor = (since: number, repo: string, ref: string) => linesForHarness(ready().docxy, since, repo, ref);
   const assertServedFromCache = (since: number) => assertCached(ready().docxy, images.alpine, since);
 
+  // The scenario's two stages, each run once by whichever test needs it first (so that every
+  // test also runs alone, or in any order): the pulls while the upstream runs, then its end.
+  let online: Promise<RequestLog[]> | undefined;
+  /** Stage 1: alpine and big pulled through the running upstream; resolves with big's request lines. */
+  const pulledOnline = (): Promise<RequestLog[]> =>
+    (online ??= (async () => {
+      const since = ready().docxy.logs.length;
+      await pull(images.alpine, 'alpine-online');
+      await pull(images.big, 'big-online');
+      onlineEnded = Date.now();
+      return linesFor(since, images.big.repo, images.big.blobs.at(-1)!);
+    })());
+  let stopped: Promise<void> | undefined;
+  /** Stage 2 (after stage 1): the registry, its CDN and the token server stopped, and the tag TTL past. */
+  const upstreamGone = (): Promise<void> =>
+    (stopped ??= (async () => {
+      await pulledOnline();
+      assert.ok(registry && tokenServer, 'e2e setup failed (see before hook)');
+      const addresses = [`${registry.url}/v2/`, `${registry.cdnUrl}/`, tokenServer.url];
+      upstreamStopped = true;
+      await registry.stop(); // Distribution and nginx, each by pid
+      await tokenServer.stop();
+      for (const url of addresses) assert.equal(await httpStatus(url, 1_000), undefined, `${url} still answers`);
+      // Past the tag TTL: the next pull must revalidate the tag, and cannot.
+      await sleep(Math.max(0, onlineEnded + TAG_TTL_S * 1000 + 200 - Date.now()));
+    })());
+
   test('online: skopeo pulls library/alpine:3.20 (every platform) and library/big:1 through docxy', { timeout: 90_000 }, async () => {
-    const since = ready().docxy.logs.length;
-    await pull(images.alpine, 'alpine-online');
-    await pull(images.big, 'big-online');
-    onlineEnded = Date.now();
-    const lines = await linesFor(since, images.big.repo, images.big.blobs.at(-1)!);
+    const lines = await pulledOnline();
     assert.ok(lines.some((l) => l.cache === 'miss'), 'the first pull went upstream');
   });
 
-  test('the registry, its CDN and the token server stop', { timeout: 30_000 }, async () => {
-    assert.ok(registry && tokenServer, 'e2e setup failed (see before hook)');
-    const addresses = [`${registry.url}/v2/`, `${registry.cdnUrl}/`, tokenServer.url];
-    upstreamStopped = true;
-    await registry.stop(); // Distribution and nginx, each by pid
-    await tokenServer.stop();
-    for (const url of addresses) assert.equal(await httpStatus(url, 1_000), undefined, `${url} still answers`);
-    // Past the tag TTL: the next pull must revalidate the tag, and cannot.
-    await sleep(Math.max(0, onlineEnded + TAG_TTL_S * 1000 + 200 - Date.now()));
+  test('the registry, its CDN and the token server stop', { timeout: 90_000 }, async () => {
+    await upstreamGone();
   });
 
-  test('offline: skopeo pulls library/alpine:3.20 again anonymously, every digest verified', { timeout: 60_000 }, async () => {
-    assert.ok(upstreamStopped, 'the upstream was stopped');
+  test('offline: skopeo pulls library/alpine:3.20 again anonymously, every digest verified', { timeout: 90_000 }, async () => {
+    await upstreamGone();
     const since = ready().docxy.logs.length;
     await pull(images.alpine, 'alpine-offline');
     await assertServedFromCache(since);
   });
 
-  test('offline: the same pull with credentials (--src-creds): the token endpoint still answers', { timeout: 60_000 }, async () => {
-    assert.ok(upstreamStopped, 'the upstream was stopped');
+  test('offline: the same pull with credentials (--src-creds): the token endpoint still answers', { timeout: 90_000 }, async () => {
+    await upstreamGone();
     const since = ready().docxy.logs.length;
     await pull(images.alpine, 'alpine-offline-creds', ['--src-creds', `${USER}:${PASSWORD}`]);
     await assertServedFromCache(since);
@@ -95,8 +111,8 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
     assert.equal(token?.status, 200, 'skopeo got a token from docxy');
   });
 
-  test('offline: an image never pulled fails with a 502/504 naming the upstream', { timeout: 60_000 }, async () => {
-    assert.ok(upstreamStopped, 'the upstream was stopped');
+  test('offline: an image never pulled fails with a 502/504 naming the upstream', { timeout: 90_000 }, async () => {
+    await upstreamGone();
     const { docxy: proxy, env: e } = ready();
     const cases = [
       { repo: 'library/alpine', tag: 'never-pulled', extra: [] as string[] },

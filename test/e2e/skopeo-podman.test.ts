@@ -185,6 +185,7 @@ describe('skopeo and podman pull through docxy', { ...e2eGate(TOOLS), timeout: 1
   test('a private repository still refuses anonymous pulls once docxy has cached it', { timeout: 60_000 }, async () => {
     const { docxy: proxy, env: e } = ready();
     const secret = images.secret;
+    await pullToDir(secret, 'secret-cached', ['--src-creds', CREDS]); // now docxy has cached it
     const since = proxy.logs.length;
     const result = await e.skopeoAllowFail(['copy', '--src-tls-verify=false',
       `docker://${proxy.host}/library/secret:1`, `dir:${join(e.dir, 'secret-anonymous-2')}`]);

@@ -5,6 +5,8 @@ import type { Category, FuzzCase, RawCase } from './hostile-requests.ts';
 export type Rule =
   /** docxy exited. */
   | 'crash'
+  /** docxy's last line of defence caught an exception (logged "kept serving"): it would have crashed. */
+  | 'swallowed-exception'
   /** A request neither answered nor cut off before its deadline. */
   | 'hang'
   | '5xx'

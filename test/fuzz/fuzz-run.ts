@@ -2,6 +2,7 @@
 // is watched for the whole run: an exit is a crash, reported with the requests that were in
 // flight, and docxy is started again so that one crash does not hide the next.
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import type { DocxyChild, DocxyExit } from './docxy-child.ts';
 import { describeRequest, type Violation } from './fuzz-report.ts';
@@ -19,6 +20,7 @@ export interface FuzzRunOptions {
 }
 
 const CLIENT_CONNECTIONS = 8;
+const CRASH_NOTICE_MS = 500;
 
 export class FuzzRun {
   sent = 0;
@@ -181,6 +183,7 @@ export class FuzzRun {
 
   private async executeClient(fuzzCase: ClientCase): Promise<boolean> {
     const started = performance.now();
+    const crashesBefore = this.crashes;
     const where = `#${fuzzCase.id} ${fuzzCase.kind}: ${fuzzCase.method} ${fuzzCase.path}`;
     const fail = (detail: string) => {
       this.violation({ rule: 'valid-failed', detail: `${where}: ${detail}` }, fuzzCase);
@@ -210,7 +213,9 @@ export class FuzzRun {
         this.violation({ rule: 'hang', detail: `${where}: not answered after ${Math.round(performance.now() - started)} ms` }, fuzzCase);
         return false;
       }
-      if (err.code === 'ECONNREFUSED') {
+      // A connection docxy's exit broke: the exit is noticed a moment after its sockets close.
+      await sleep(CRASH_NOTICE_MS);
+      if (err.code === 'ECONNREFUSED' || this.crashes > crashesBefore) {
         this.refused++;
         this.count(fuzzCase, 'refused');
         return false;

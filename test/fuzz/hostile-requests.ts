@@ -54,7 +54,7 @@ export type RawMode =
 interface CaseBase {
   id: number;
   category: Category;
-  /** A short name for the kind of input, e.g. `traversal` or `cl-te-conflict`. */
+  /** A short name for the kind of input, e.g. `traversal` or `smuggling`. */
   kind: string;
 }
 
@@ -87,7 +87,7 @@ type Header = readonly [string, string];
 type Draft = Omit<RawCase, 'id' | 'category' | 'transport'> | Omit<ClientCase, 'id' | 'category' | 'transport'>;
 
 /** The answer a malformed name, digest or tag must get: refused before anything goes upstream. */
-export const REFUSED = [400, 414, 431] as const;
+const REFUSED = [400, 414, 431] as const;
 const BAD_REQUEST = [400] as const;
 
 const MAIN_WEIGHTS: ReadonlyArray<readonly [number, Exclude<Category, 'slow'>]> = [

@@ -4,6 +4,7 @@
 // is written outside the data dir, docxy lets go of every connection, and its RSS comes back
 // within 50 MiB of where it started.
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -96,6 +97,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
     const rss = await checkAfterRun(run, world, { rssStart, sameProcess: run.crashes === 0 });
     for (const detail of invalidUpstreamRequests(upstream.seen.slice(seenBefore))) run.violation({ rule: 'upstream-invalid-name', detail });
     for (const detail of outside.check()) run.violation({ rule: 'outside-write', detail });
+    for (const detail of swallowedExceptions(join(root, 'docxy.out'))) run.violation({ rule: 'swallowed-exception', detail });
     return {
       seed: formatSeed(options.seed),
       planned: options.requests,
@@ -224,4 +226,19 @@ async function settledRss(docxy: DocxyChild, start: number): Promise<number> {
 
 function mib(bytes: number): number {
   return Math.round((bytes / MiB) * 10) / 10;
+}
+
+/** Log lines of docxy's safety nets: an exception that escaped a request and would have crashed it. */
+function swallowedExceptions(logPath: string): string[] {
+  let text = '';
+  try {
+    text = readFileSync(logPath, 'utf8');
+  } catch {
+    return [];
+  }
+  const nets = /"msg":"(uncaught exception: kept serving|unhandled rejection: kept serving|request listener failed|cannot answer a request)"/;
+  return text
+    .split('\n')
+    .filter((line) => nets.test(line))
+    .map((line) => line.slice(0, 500));
 }

@@ -21,6 +21,8 @@ export interface RunningDocxy {
   requestLines(predicate: (line: Record<string, unknown>) => boolean, count: number): Promise<Array<Record<string, unknown>>>;
   /** Raw log text, for "this secret never appears" checks. */
   rawLogs(): string;
+  /** The cache's background work is done: every blob fill committed or dropped, with its bookkeeping (`App.settled`). */
+  settled(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -48,6 +50,7 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
     logs,
     dataDir,
     rawLogs: () => lines.join('\n'),
+    settled: () => app.settled(),
     async requestLines(predicate, count) {
       const deadline = Date.now() + 2000;
       for (;;) {

@@ -22,21 +22,31 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
   let configFile: string;
   const layers = [randomBytes(300_000), randomBytes(200_000)];
 
-  before(async () => {
-    upstream = await startFakeRegistry({ auth: 'none', cdn: true });
-    image = upstream.addImage('library/app', '1', layers);
-    dataDir = await mkdtemp(join(tmpdir(), 'docxy-cache-cli-'));
-    configFile = join(dataDir, 'docxy.yaml');
-    await writeFile(configFile, `dataDir: ${JSON.stringify(join(dataDir, 'cache'))}\nupstreams:\n  docker.io:\n    url: ${upstream.url}\n`);
-    const docxy = await startDocxy({ dataDir: join(dataDir, 'cache'), upstreams: { 'docker.io': { url: upstream.url } } });
+  /**
+   * A cache (`<dataDir>/<name>`) holding library/app:1, pulled through docxy, and a config file
+   * naming it: tests that change a cache get one of their own.
+   */
+  const pulledCache = async (name: string): Promise<{ configFile: string; cacheDir: string }> => {
+    const cacheDir = join(dataDir, name);
+    const configFile = join(dataDir, `${name}.yaml`);
+    await writeFile(configFile, `dataDir: ${JSON.stringify(cacheDir)}\nupstreams:\n  docker.io:\n    url: ${upstream.url}\n`);
+    const docxy = await startDocxy({ dataDir: cacheDir, upstreams: { 'docker.io': { url: upstream.url } } });
     try {
       const manifest = await http(`${docxy.url}/v2/library/app/manifests/1`, { headers: { accept: image.mediaType } });
       assert.equal(manifest.status, 200);
       for (const digest of image.blobs.keys()) assert.equal((await http(`${docxy.url}/v2/library/app/blobs/${digest}`)).status, 200);
-      await sleep(100); // fills commit after their last byte was sent
+      await docxy.settled(); // fills commit after their last byte was sent
     } finally {
       await docxy.close();
     }
+    return { configFile, cacheDir };
+  };
+
+  before(async () => {
+    upstream = await startFakeRegistry({ auth: 'none', cdn: true });
+    image = upstream.addImage('library/app', '1', layers);
+    dataDir = await mkdtemp(join(tmpdir(), 'docxy-cache-cli-'));
+    ({ configFile } = await pulledCache('cache')); // read by the tests that leave it as it is
   });
   after(async () => {
     await upstream?.close();
@@ -61,9 +71,10 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
   });
 
   test('verify re-hashes everything and removes a corrupted blob', async () => {
+    const { configFile, cacheDir } = await pulledCache('verify');
     const victim = sha256(layers[0]!);
     const hex = victim.slice('sha256:'.length);
-    await writeFile(join(dataDir, 'cache', 'blobs', 'sha256', hex.slice(0, 2), hex), Buffer.alloc(300_000, 0));
+    await writeFile(join(cacheDir, 'blobs', 'sha256', hex.slice(0, 2), hex), Buffer.alloc(300_000, 0));
     const { stdout } = await docxyCli('cache', 'verify', '--json', '--config', configFile);
     const result = JSON.parse(stdout) as { checked: number; corrupt: Array<{ digest: string }> };
     assert.equal(result.checked, 4);
@@ -73,13 +84,14 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
   });
 
   test('prune --all empties the cache; a bad --to is a clear error', async () => {
+    const { configFile } = await pulledCache('prune');
     await assert.rejects(docxyCli('cache', 'prune', '--to', 'lots', '--config', configFile), (error: { stderr: string; code: number }) => {
       assert.equal(error.code, 2);
       assert.match(error.stderr, /--to expects a size/);
       return true;
     });
     const { stdout } = await docxyCli('cache', 'prune', '--all', '--config', configFile);
-    assert.match(stdout, /removed 3 items/);
+    assert.match(stdout, /removed 4 items/, 'the config, two layers and the manifest');
     const stats = JSON.parse((await docxyCli('cache', 'stats', '--json', '--config', configFile)).stdout) as { blobs: { count: number }; manifests: { count: number } };
     assert.equal(stats.blobs.count + stats.manifests.count, 0);
   });
@@ -92,7 +104,7 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
       for (const data of blobs) {
         const result = await http(`${docxy.url}/v2/library/sized/blobs/${sha256(data)}`);
         assert.equal(result.status, 200);
-        await sleep(30);
+        await docxy.settled();
       }
       const deadline = Date.now() + 5000;
       let evictions = 0;

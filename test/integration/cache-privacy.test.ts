@@ -5,10 +5,12 @@
 // and remembered for cache.accessTtlSeconds. When the upstream cannot be asked, public content is
 // still served and everything else is refused (privacy fails closed).
 import assert from 'node:assert/strict';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CacheIndex } from '../../src/core/cache-index.ts';
+import { createFsDriver } from '../../src/storage/fs-driver.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
 import { http, jsonBody, tokenFor, type HttpResult } from '../helpers/http-client.ts';
@@ -20,35 +22,52 @@ type Errors = { errors: Array<{ code: string; message: string }> };
 describe('cache privacy: cached content is only served to clients who may read it upstream', { timeout: 30_000 }, () => {
   let upstream: FakeRegistry;
   let docxy: RunningDocxy;
-  /** A second docxy that authenticates upstream as alice (the operator's server-side credentials). */
-  let operated: RunningDocxy | undefined;
   let secret: FakeImage;
   let pub: FakeImage;
   let aliceToken: string;
+  /** What single tests start for themselves (their own docxy, or upstream), closed after the suite. */
+  const started: Array<{ close(): Promise<void> }> = [];
   const secretLayer = Buffer.from('alice private layer: top secret bytes');
   const secretLayerDigest = sha256(secretLayer);
 
-  before(async () => {
-    upstream = await startFakeRegistry({ cdn: true, users: { alice: 'pw', bob: 'pw2' }, privateRepos: ['alice/secret'] });
-    secret = upstream.addImage('alice/secret', '1', [secretLayer]);
-    pub = upstream.addImage('library/public', '1', [Buffer.from('public layer')]);
+  /** A Docker Hub with alice's private image and a public one. */
+  const startUpstream = async (): Promise<{ registry: FakeRegistry; secret: FakeImage; pub: FakeImage }> => {
+    const registry = await startFakeRegistry({ cdn: true, users: { alice: 'pw', bob: 'pw2' }, privateRepos: ['alice/secret'] });
+    const images = { secret: registry.addImage('alice/secret', '1', [secretLayer]), pub: registry.addImage('library/public', '1', [Buffer.from('public layer')]) };
     // The fake token service gives every known user every repository. Bob stands for a user
     // whose valid credentials grant no access to alice/secret: his logins are treated as
     // anonymous ones, so he gets a real token that grants nothing for it (Docker Hub's answer,
     // then a 401 insufficient_scope from the registry).
-    upstream.intercept = (req, _res, server) => {
+    registry.intercept = (req, _res, server) => {
       const basic = req.headers.authorization;
       if (server === 'token' && basic?.startsWith('Basic ') && Buffer.from(basic.slice(6), 'base64').toString().startsWith('bob:')) {
         delete req.headers.authorization;
       }
       return false;
     };
-    docxy = await startDocxy({ upstreams: { 'docker.io': upstream.docxyUpstream() }, cache: { accessTtlSeconds: ACCESS_TTL_S } });
+    started.push(registry);
+    return { registry, ...images };
+  };
+  /** A docxy in front of `registry` as the suite's own is. */
+  const startPlain = async (registry: FakeRegistry): Promise<RunningDocxy> => {
+    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, cache: { accessTtlSeconds: ACCESS_TTL_S } });
+    started.push(instance);
+    return instance;
+  };
+  /** A docxy that authenticates upstream as alice (the operator's server-side credentials). */
+  const startOperated = async (registry: FakeRegistry): Promise<RunningDocxy> => {
+    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream({ username: 'alice', password: 'pw' }) } });
+    started.push(instance);
+    return instance;
+  };
+
+  before(async () => {
+    ({ registry: upstream, secret, pub } = await startUpstream());
+    docxy = await startPlain(upstream);
+    aliceToken = await tokenFor(docxy.url, 'alice/secret', 'alice:pw');
   });
   after(async () => {
-    await operated?.close();
-    await docxy?.close();
-    await upstream?.close();
+    for (const each of started.reverse()) await each.close();
   });
 
   const get = (base: string, path: string, token?: string): Promise<HttpResult> =>
@@ -87,36 +106,37 @@ describe('cache privacy: cached content is only served to clients who may read i
   };
 
   /**
-   * A fill commits just after its last byte went out, and then records which repository the blob
-   * belongs to (its link, and maybe the repository's visibility): waits (bounded) until every
-   * blob of `image` is linked, so that what a test does next does not race that bookkeeping.
+   * Alice's private image in `instance`'s cache, pulled with her credentials (so her access is
+   * proven just now), and the cache's bookkeeping of it (links, visibility) written.
    */
-  const waitForLinks = async (instance: RunningDocxy, image: FakeImage): Promise<void> => {
-    const linkDir = join(instance.dataDir, 'repositories', 'docker.io', ...image.repository.split('/'), '_links', 'sha256');
-    const deadline = Date.now() + 5_000;
-    for (const digest of image.blobs.keys()) {
-      while (!(await stat(join(linkDir, digest.slice(7))).catch(() => undefined))) {
-        assert.ok(Date.now() < deadline, `${digest} was linked to ${image.repository}`);
-        await sleep(20);
-      }
-    }
-    await sleep(50); // the visibility write follows the link write
+  const aliceHasPulled = async (): Promise<void> => {
+    await pull(docxy.url, secret, aliceToken);
+    await docxy.settled();
+  };
+  /** What `instance`'s cache index says about who may read `repository` (of Docker Hub). */
+  const visibilityOf = (instance: RunningDocxy, repository: string) => new CacheIndex(createFsDriver({ root: instance.dataDir })).getVisibility('docker.io', repository);
+  /** The public image in `instance`'s cache, pulled anonymously. */
+  const publicPulled = async (instance = docxy): Promise<void> => {
+    await pull(instance.url, pub, await tokenFor(instance.url, 'library/public'));
+    await instance.settled();
   };
 
   test('alice pulls her private repository with her own credentials', async () => {
-    aliceToken = await tokenFor(docxy.url, 'alice/secret', 'alice:pw');
+    const fresh = await startPlain(upstream); // an empty cache, whatever other tests pulled
+    const token = await tokenFor(fresh.url, 'alice/secret', 'alice:pw');
     const mark = upstream.seen.length;
-    await pull(docxy.url, secret, aliceToken);
+    await pull(fresh.url, secret, token);
     const fetched = upstreamSince(mark);
     assert.ok(fetched.some((r) => r.startsWith('cdn GET')), 'the blobs came from upstream');
-    await waitForLinks(docxy, secret);
+    await fresh.settled();
     for (const [digest, bytes] of secret.blobs) {
-      const stored = await readFile(join(docxy.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)));
+      const stored = await readFile(join(fresh.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)));
       assert.deepEqual(stored, bytes, 'the private content is in docxy storage');
     }
   });
 
   test('within accessTtlSeconds alice is served from the cache without asking upstream', async () => {
+    await aliceHasPulled();
     const mark = upstream.seen.length;
     const since = docxy.logs.length;
     await pull(docxy.url, secret, aliceToken);
@@ -127,10 +147,11 @@ describe('cache privacy: cached content is only served to clients who may read i
   test('an anonymous client pulls a public image (token from /auth/token without credentials)', async () => {
     const token = await tokenFor(docxy.url, 'library/public');
     await pull(docxy.url, pub, token);
-    await waitForLinks(docxy, pub);
+    await docxy.settled();
   });
 
   test('anonymous clients get 401 with docxy\'s challenge for the cached private manifest and blobs', async () => {
+    await aliceHasPulled();
     const anonymousToken = await tokenFor(docxy.url, 'alice/secret');
     for (const [who, token] of [['no Authorization', undefined], ['anonymous token', anonymousToken]] as const) {
       for (const path of pullPaths(secret)) {
@@ -145,6 +166,8 @@ describe('cache privacy: cached content is only served to clients who may read i
   });
 
   test('the private blob is not served through a public repository name, although docxy stores it', async () => {
+    await aliceHasPulled();
+    await publicPulled();
     const publicToken = await tokenFor(docxy.url, 'library/public');
     const path = `/v2/library/public/blobs/${secretLayerDigest}`;
     const mark = upstream.seen.length;
@@ -163,6 +186,7 @@ describe('cache privacy: cached content is only served to clients who may read i
   });
 
   test('bob, logged in but without access to the repository, is refused', async () => {
+    await aliceHasPulled();
     const bobToken = await tokenFor(docxy.url, 'alice/secret', 'bob:pw2');
     for (const path of pullPaths(secret)) {
       const result = await get(docxy.url, path, bobToken);
@@ -173,6 +197,7 @@ describe('cache privacy: cached content is only served to clients who may read i
   });
 
   test('after accessTtlSeconds alice\'s access is proven again with a HEAD; the content still comes from the cache', async () => {
+    await aliceHasPulled();
     await sleep(ACCESS_TTL_S * 1000 + 200);
     const mark = upstream.seen.length;
     await pull(docxy.url, secret, aliceToken);
@@ -183,22 +208,19 @@ describe('cache privacy: cached content is only served to clients who may read i
   });
 
   test('with server-side credentials an anonymous client reads the private repository, which is marked public', async () => {
-    operated = await startDocxy({ upstreams: { 'docker.io': upstream.docxyUpstream({ username: 'alice', password: 'pw' }) } });
+    const operated = await startOperated(upstream);
     const token = await tokenFor(operated.url, 'alice/secret');
     assert.equal(token, 'docxy-anonymous', 'docxy authenticates for the client');
     await pull(operated.url, secret, token);
     await pull(operated.url, secret); // no Authorization at all: the same
-    await waitForLinks(operated, secret);
-    const visibility = JSON.parse(await readFile(join(operated.dataDir, 'repositories', 'docker.io', 'alice', 'secret', '_visibility'), 'utf8')) as {
-      public: boolean;
-    };
-    assert.equal(visibility.public, true);
+    await operated.settled();
+    assert.equal((await visibilityOf(operated, 'alice/secret'))?.public, true);
   });
 
   test('a request for a stored digest that a public repository does not hold leaves the repository public', async () => {
-    assert.ok(operated, 'the server-side credentials test ran');
-    await pull(operated.url, pub, await tokenFor(operated.url, 'library/public'));
-    await waitForLinks(operated, pub);
+    const operated = await startOperated(upstream);
+    await pull(operated.url, secret, await tokenFor(operated.url, 'alice/secret'));
+    await publicPulled(operated);
     // The private layer is in this docxy's storage (pulled above), but not part of library/public.
     const path = `/v2/library/public/blobs/${secretLayerDigest}`;
     for (const token of ['docxy-anonymous', undefined]) {
@@ -206,20 +228,27 @@ describe('cache privacy: cached content is only served to clients who may read i
       assert.equal(result.status, 404, `${token ?? 'no Authorization'}: ${result.status}`);
       assertNoContent(result, path);
     }
-    const visibility = JSON.parse(await readFile(join(operated.dataDir, 'repositories', 'docker.io', 'library', 'public', '_visibility'), 'utf8')) as {
-      public: boolean;
-    };
-    assert.equal(visibility.public, true, 'a 404 for one digest says nothing about who may read the repository');
+    assert.equal((await visibilityOf(operated, 'library/public'))?.public, true, 'a 404 for one digest says nothing about who may read the repository');
   });
 
   test('upstream down: private content is refused to everyone (fail closed), public content is still served', async () => {
+    // An upstream of its own, to take down, with a docxy of each kind that pulled both images.
+    const own = await startUpstream();
+    const docxy = await startPlain(own.registry);
+    const operated = await startOperated(own.registry);
+    const aliceToken = await tokenFor(docxy.url, 'alice/secret', 'alice:pw');
+    await pull(docxy.url, own.secret, aliceToken);
+    await pull(docxy.url, own.pub, await tokenFor(docxy.url, 'library/public'));
+    await pull(operated.url, own.secret, await tokenFor(operated.url, 'alice/secret'));
+    await pull(operated.url, own.pub, await tokenFor(operated.url, 'library/public'));
+    await Promise.all([docxy.settled(), operated.settled()]);
     await sleep(ACCESS_TTL_S * 1000 + 200); // alice's proven access has expired
-    await upstream.close();
+    await own.registry.close();
 
     const offlineToken = await tokenFor(docxy.url, 'alice/secret');
     assert.equal(offlineToken, 'docxy-anonymous', 'the token endpoint answers while the token service is down');
     for (const [who, token] of [['alice', aliceToken], ['anonymous', offlineToken]] as const) {
-      for (const path of pullPaths(secret)) {
+      for (const path of pullPaths(own.secret)) {
         const result = await get(docxy.url, path, token);
         const what = `${who} ${path}`;
         assert.ok(result.status >= 400, `${what} was served (${result.status}) while its access could not be checked`);
@@ -233,13 +262,12 @@ describe('cache privacy: cached content is only served to clients who may read i
 
     // The public image an anonymous client pulled earlier, to a new anonymous client.
     const since = docxy.logs.length;
-    await pull(docxy.url, pub, await tokenFor(docxy.url, 'library/public'));
+    await pull(docxy.url, own.pub, await tokenFor(docxy.url, 'library/public'));
     const outcomes = await cacheOutcomes(docxy, since, 4);
     assert.ok(outcomes.length === 4 && outcomes.every((o) => o === 'hit' || o === 'stale'), outcomes.join(', '));
 
     // What the operator's credentials could read is public: served to anyone while offline.
-    assert.ok(operated, 'the server-side credentials test ran');
-    await pull(operated.url, secret, await tokenFor(operated.url, 'alice/secret'));
-    await pull(operated.url, pub, await tokenFor(operated.url, 'library/public'));
+    await pull(operated.url, own.secret, await tokenFor(operated.url, 'alice/secret'));
+    await pull(operated.url, own.pub, await tokenFor(operated.url, 'library/public'));
   });
 });

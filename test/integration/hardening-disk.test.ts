@@ -243,6 +243,13 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
   let diskImage: FakeImage;
   const url = (data: Buffer) => `${docxy.url}/v2/library/disk/blobs/${sha256(data)}`;
   const outcomes = async (data: Buffer, count: number) => (await docxy.requestLines((l) => l.ref === sha256(data), count)).map((l) => l.cache);
+  /** The cache outcomes of the requests for `data` logged since log line `since`, once there are `count` (waits up to 2 s). */
+  const outcomesSince = async (data: Buffer, since: number, count: number) => {
+    const lines = () => docxy.logs.slice(since).filter((l) => l.msg === 'request' && l.ref === sha256(data));
+    const deadline = Date.now() + 2000;
+    while (lines().length < count && Date.now() < deadline) await sleep(10);
+    return lines().map((l) => l.cache);
+  };
   const ready = async (): Promise<Readiness> => jsonBody<Readiness>(await http(`${docxy.url}/ready`));
   /** Waits (up to 5 s) until `/ready` says the storage is usable again; returns its last report. */
   const storageRecovered = async (): Promise<Readiness> => {
@@ -279,7 +286,8 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
     assert.equal(await exists(blobFile(disk.dir, sha256(larger))), false);
   });
 
-  test('the disk filling up during a fill breaks the client at once; the next request is served', async () => {
+  test('the disk filling up during a fill breaks the client at once; the next request is served', async (t) => {
+    t.after(() => disk.free()); // the next test finds room, whatever happens here
     assert.equal((await storageRecovered()).storage?.ok, true);
     // The upstream sends half the blob, waits until docxy's client has some of it and the disk
     // has been filled, then sends the rest: docxy's next write fails.
@@ -315,7 +323,8 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
     assert.deepEqual(await tempFilesSettled(disk.dir), []);
   });
 
-  test('the disk full by the time a fill writes its only chunk: its client, sent nothing yet, gets the blob from upstream', async () => {
+  test('the disk full by the time a fill writes its only chunk: its client, sent nothing yet, gets the blob from upstream', async (t) => {
+    t.after(() => disk.free()); // the next test finds room, whatever happens here
     assert.equal((await storageRecovered()).storage?.ok, true);
     // The upstream announces the blob (docxy finds room and answers its client), then the disk
     // fills up, then the whole blob arrives at once: every byte is taken before the write fails.
@@ -342,10 +351,12 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
     await disk.free();
   });
 
-  test('on a full disk an uncached blob streams through, every time; cached blobs are still served; /ready says why', async () => {
+  test('on a full disk an uncached blob streams through, every time; cached blobs are still served; /ready says why', async (t) => {
+    t.after(() => disk.free()); // the next test finds room, whatever happens here
     assert.equal((await storageRecovered()).storage?.ok, true);
+    const since = docxy.logs.length;
     assert.equal((await transfer(url(cached))).outcome, 'complete');
-    await sleep(100); // committed after its last byte was sent
+    await docxy.settled(); // committed after its last byte was sent
     assert.ok(await exists(blobFile(disk.dir, sha256(cached))));
     await disk.fill();
     const mark = docxy.logs.length;
@@ -361,7 +372,7 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
     const hit = await transfer(url(cached));
     assert.equal(hit.outcome, 'complete');
     assert.equal(hit.digest, sha256(cached));
-    assert.equal((await outcomes(cached, 2)).at(-1), 'hit');
+    assert.equal((await outcomesSince(cached, since, 2)).at(-1), 'hit');
 
     const report = await http(`${docxy.url}/ready`);
     const body = jsonBody<Readiness>(report);
@@ -379,6 +390,9 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
   test('a read-only data dir: uncached blobs stream through, stored ones are still served, /ready says EROFS', async () => {
     await disk.free();
     assert.equal((await storageRecovered()).storage?.ok, true);
+    const since = docxy.logs.length;
+    assert.equal((await transfer(url(cached))).outcome, 'complete'); // stored while the disk takes writes
+    await docxy.settled();
     await disk.readOnly(true);
     try {
       const readOnly = Buffer.from('a layer pulled while the disk was read-only');
@@ -391,7 +405,7 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
       assert.deepEqual(await outcomes(readOnly, 2), ['bypass', 'bypass']);
       const hit = await transfer(url(cached));
       assert.equal(hit.digest, sha256(cached));
-      assert.equal((await outcomes(cached, 3)).at(-1), 'hit');
+      assert.equal((await outcomesSince(cached, since, 2)).at(-1), 'hit');
       const report = await ready();
       assert.equal(report.storage?.ok, false);
       assert.match(String(report.storage?.error), /EROFS|read-only/);
@@ -401,18 +415,23 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
   });
 
   test('a manifest on a full disk is served (not cached) and leaves nothing half-written', async () => {
-    const result = await transfer(`${docxy.url}/v2/library/disk/manifests/1`);
-    assert.equal(result.outcome, 'complete');
-    assert.equal(result.status, 200);
-    assert.equal(result.digest, diskImage.manifestDigest, 'the manifest itself, verified');
-    assert.deepEqual(await tempFilesSettled(disk.dir), []);
+    await disk.fill();
+    try {
+      const result = await transfer(`${docxy.url}/v2/library/disk/manifests/1`);
+      assert.equal(result.outcome, 'complete');
+      assert.equal(result.status, 200);
+      assert.equal(result.digest, diskImage.manifestDigest, 'the manifest itself, verified');
+      assert.deepEqual(await tempFilesSettled(disk.dir), []);
+    } finally {
+      await disk.free();
+    }
   });
 
   test('once space is freed, /ready recovers and blobs are cached again', async () => {
     await disk.free();
     assert.equal((await storageRecovered()).storage?.ok, true);
     assert.equal((await transfer(url(later))).outcome, 'complete');
-    await sleep(100);
+    await docxy.settled();
     const second = await transfer(url(later));
     assert.equal(second.digest, sha256(later));
     assert.deepEqual(await outcomes(later, 2), ['miss', 'hit']);
@@ -495,10 +514,9 @@ describe('fills in progress are bounded in number and in bytes', { timeout: 60_0
       // Both clients are gone before docxy has its fill's first answer (the CDN is slow to start).
       const results = await Promise.all([a, b].map((blob) => transfer(`${docxy.url}/v2/library/many/blobs/${sha256(blob)}`, { timeoutMs: 30 })));
       assert.deepEqual(results.map((r) => r.status), [0, 0]);
-      // The fills go on; once committed, nothing under the data dir may still be open.
-      const deadline = Date.now() + 10_000;
-      while (!(await exists(blobFile(docxy.dataDir, sha256(a))) && (await exists(blobFile(docxy.dataDir, sha256(b))))) && Date.now() < deadline) await sleep(50);
-      await sleep(200);
+      // The fills go on; once they are done, nothing under the data dir may still be open.
+      await docxy.requestLines((l) => l.route === 'blob', 2); // handled: any fill has started
+      await docxy.settled();
       assert.deepEqual(await openFilesUnder(docxy.dataDir), []);
       // And with a fill in progress whose client left early, docxy shuts down without an error.
       const c = blobs[2]!;
@@ -519,14 +537,14 @@ describe('fills in progress are bounded in number and in bytes', { timeout: 60_0
       assert.deepEqual(both.map((r) => r.digest), [sha256(a), sha256(b)], 'both clients get their blob');
       const first = await docxy.requestLines((l) => l.route === 'blob', 2);
       assert.deepEqual(first.map((l) => l.cache).sort(), ['bypass', 'miss'], '8 + 8 MiB do not fit in 12 MiB at once');
-      await sleep(100);
+      await docxy.settled();
       // Now one blob is stored (8 MiB): the other fits once that one is evicted.
       const cachedOne = first.find((l) => l.cache === 'miss')!.ref as string;
       const other = cachedOne === sha256(a) ? b : a;
       const again = await transfer(`${docxy.url}/v2/library/many/blobs/${sha256(other)}`);
       assert.equal(again.digest, sha256(other));
       assert.equal((await docxy.requestLines((l) => l.route === 'blob', 3)).at(-1)?.cache, 'miss');
-      await sleep(100);
+      await docxy.settled();
       assert.ok(await exists(blobFile(docxy.dataDir, sha256(other))));
       assert.equal(await exists(blobFile(docxy.dataDir, cachedOne)), false, 'the least recently used blob made room');
     } finally {

@@ -75,6 +75,18 @@ describe('hardening: the HTTP edge', () => {
     assert.equal(line.client, '127.0.0.1');
   });
 
+  test('1: a refused oversized body does not hold its connection open until the request timeout', async () => {
+    const socket = await rawSocket(docxy.url);
+    const started = Date.now();
+    const answer = readUntilClose(socket, 3000);
+    socket.write(`POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000006\r\n\r\n`);
+    socket.write(`scope=${'a'.repeat(1_000_000)}`);
+    const { text, closed } = await answer;
+    socket.destroy();
+    assert.match(text, /^HTTP\/1\.1 400 /);
+    assert.ok(closed && Date.now() - started < 1000, `closed: ${closed} after ${Date.now() - started} ms (the request timeout is 1500 ms)`);
+  });
+
   test('1: an upload of that size aborted half-way leaves docxy serving', async () => {
     for (let i = 0; i < 3; i++) {
       const socket = await rawSocket(docxy.url);

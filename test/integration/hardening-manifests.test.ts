@@ -12,17 +12,18 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CacheIndex } from '../../src/core/cache-index.ts';
 import { CacheStats } from '../../src/observability/cache-stats.ts';
-import { createCachingProxy } from '../../src/core/caching-proxy.ts';
+import { createCachingRegistry } from '../../src/core/caching-registry.ts';
 import { Evictor } from '../../src/core/evictor.ts';
 import { NegativeCache } from '../../src/core/negative-cache.ts';
 import { resolveConfig } from '../../src/config/load.ts';
 import type { RegistryError } from '../../src/oci/errors.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { DOCXY_ANONYMOUS_TOKEN } from '../../src/core/client-token.ts';
-import { createPassThroughProxy } from '../../src/core/registry-proxy.ts';
+import { createPassThroughRegistry } from '../../src/core/pass-through-registry.ts';
 import { createContentStore } from '../../src/storage/content-store.ts';
 import { createFsDriver } from '../../src/storage/fs-driver.ts';
 import { UpstreamClient } from '../../src/upstream/upstream-client.ts';
+import { createUpstreamRegistry } from '../../src/upstream/upstream-registry.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
 import { http, jsonBody, tokenFor, type HttpResult } from '../helpers/http-client.ts';
@@ -214,9 +215,10 @@ describe('the negative cache stays bounded however many missing tags clients inv
       const store = createContentStore(driver);
       const stats = new CacheStats();
       const negativeCache = new NegativeCache({ ttlMs: 60_000, maxEntries: 100 });
-      const proxy = createCachingProxy({
-        passThrough: createPassThroughProxy(() => client),
-        upstreamFor: () => client,
+      const port = createUpstreamRegistry(() => client);
+      const proxy = createCachingRegistry({
+        passThrough: createPassThroughRegistry(port),
+        upstream: port,
         driver,
         store,
         index: new CacheIndex(driver),

@@ -151,6 +151,7 @@ describe("a registry's own plain-http token realm on another origin", () => {
   });
 
   test('without trustedRealms: no credentials go there, and the client gets a 502 naming the upstream', async () => {
+    const mark = upstream.seen.length; // the other docxy of this suite uses the token service
     const ping = await http(`${strict.url}/v2/`);
     assert.equal(ping.status, 401);
     const token = await tokenFor(strict.url, 'team/app');
@@ -165,7 +166,7 @@ describe("a registry's own plain-http token realm on another origin", () => {
     assert.equal(login.status, 502, login.body.toString());
     assert.match(login.body.toString(), /untrusted/);
 
-    assert.deepEqual(upstream.seen.filter((r) => r.server === 'token'), [], 'the token service was asked');
+    assert.deepEqual(upstream.seen.slice(mark).filter((r) => r.server === 'token'), [], 'the token service was asked');
     const warning = strict.logs.find((line) => line.level === 'warn' && /untrusted/.test(String(line.msg)));
     assert.ok(warning, 'no warn line about the untrusted realm');
     assert.equal(warning.upstream, 'corp');

@@ -171,7 +171,8 @@ describe('several upstreams on one listener', () => {
     assert.notEqual(token, 'docxy-anonymous');
     const result = await manifestVia('/v2/corp/team/private/manifests/1', { token });
     assert.equal(result.status, 200);
-    const registryRequest = corp.seen.slice(mark).find((r) => r.server === 'registry');
+    // The manifest request (not the challenge probe docxy sends first when it has not seen one yet).
+    const registryRequest = corp.seen.slice(mark).find((r) => r.server === 'registry' && r.url.includes('/manifests/'));
     assert.deepEqual(registryRequest?.headers.authorization, [`Bearer ${token}`]);
   });
 

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { createApp, type App } from '../../src/app.ts';
-import { ConfigError, loadConfig, resolveConfig, type Config } from '../../src/config/load.ts';
+import { loadConfig, resolveConfig } from '../../src/config/load.ts';
+import { ConfigError, type Config } from '../../src/config/types.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { generateTlsFixtures, PEM_HEADERS, type KeyFormat, type TlsFixtures } from '../helpers/tls-keys.ts';
 

@@ -3,23 +3,13 @@
 // once (a reader errors, it never ends as if the blob were complete, and nothing waits forever).
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, unlinkSync, writeSync, existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
-import { after, before, test } from 'node:test';
+import { Readable } from 'node:stream';
+import { test } from 'node:test';
 import { BlobFill, FillBypassError, type FillResponse } from '../../src/core/blob-fill.ts';
 import { parseDigest, type Digest } from '../../src/oci/digest.ts';
-import type { StorageWriter } from '../../src/storage/storage-driver.ts';
-
-let dir: string;
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'docxy-blob-fill-'));
-});
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+import { ContentVerifier, DigestMismatchError } from '../../src/storage/content-verifier.ts';
+import { StagedWriter, type WriteStage } from '../../src/storage/staged-writer.ts';
+import type { ByteRange } from '../../src/storage/storage-driver.ts';
 
 const MiB = 1024 * 1024;
 
@@ -34,65 +24,61 @@ function answer(data: Buffer, chunk = 256 * 1024): FillResponse {
   return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(pieces, { objectMode: false }) };
 }
 
-interface TestWriter extends StorageWriter {
-  committed: boolean;
-  aborted: boolean;
+/**
+ * Where a test fill's bytes go: the storage writer every driver uses (StagedWriter, so followers,
+ * verification and failures behave as in the cache), on a stage in memory. `failAfter`: bytes it
+ * takes before every write fails with ENOSPC. `failCommit`: publishing fails with ENOSPC.
+ */
+class TestStage implements WriteStage {
+  data = Buffer.alloc(0);
+  published = false;
+  discarded = false;
+  released = false;
+  readonly #options: { failAfter?: number; failCommit?: boolean };
+
+  constructor(options: { failAfter?: number; failCommit?: boolean } = {}) {
+    this.#options = options;
+  }
+
+  async write(buffers: Buffer[], position: number): Promise<void> {
+    await new Promise((resolve) => setImmediate(resolve)); // asynchronous, as file writes are
+    const bytes = Buffer.concat(buffers);
+    if (this.#options.failAfter !== undefined && position + bytes.length > this.#options.failAfter) throw enospc();
+    assert.equal(position, this.data.length, 'batches land in order');
+    this.data = Buffer.concat([this.data, bytes]);
+  }
+
+  async read(buffer: Buffer, position: number): Promise<number> {
+    assert.ok(!this.released, 'no read after release');
+    return this.data.copy(buffer, 0, position, Math.min(this.data.length, position + buffer.length));
+  }
+
+  async publish(): Promise<void> {
+    if (this.#options.failCommit) throw enospc();
+    this.published = true;
+  }
+
+  async discard(): Promise<void> {
+    this.discarded = true;
+  }
+
+  async release(): Promise<void> {
+    this.released = true;
+  }
+
+  async openCommitted(range: ByteRange): Promise<Readable> {
+    return Readable.from([this.data.subarray(range.start, range.end === undefined ? undefined : range.end + 1)]);
+  }
 }
 
-/**
- * A writer on a real temp file (readers follow it by position), behaving like the filesystem
- * driver's: a failed write emits 'error' without destroying the stream. `failAfter`: bytes it
- * takes before every write fails with ENOSPC. `failCommit`: commit() rejects with ENOSPC.
- */
-function testWriter(options: { failAfter?: number; failCommit?: boolean } = {}): TestWriter {
-  const path = join(dir, `${Math.random().toString(16).slice(2)}.tmp`);
-  const fd = openSync(path, 'w');
-  let written = 0;
-  let closed = false;
-  const close = () => {
-    if (!closed) closeSync(fd);
-    closed = true;
-  };
-  const enospc = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-  const stream = new Writable({
-    autoDestroy: false,
-    highWaterMark: 4 * MiB,
-    write(chunk: Buffer, _encoding, callback) {
-      // Asynchronous, as file writes are: the fill has taken every chunk before one fails.
-      setImmediate(() => {
-        if (options.failAfter !== undefined && written + chunk.length > options.failAfter) return callback(enospc());
-        writeSync(fd, chunk, 0, chunk.length, written);
-        written += chunk.length;
-        callback();
-      });
-    },
-  });
-  const writer: TestWriter = {
-    stream,
-    localPath: path,
-    get written() {
-      return written;
-    },
-    committed: false,
-    aborted: false,
-    async commit() {
-      if (!stream.writableEnded) stream.end();
-      if (options.failCommit) {
-        await writer.abort();
-        throw enospc();
-      }
-      close();
-      writer.committed = true;
-    },
-    async abort() {
-      if (writer.committed || writer.aborted) return;
-      writer.aborted = true;
-      stream.destroy();
-      close();
-      unlinkSync(path);
-    },
-  };
-  return writer;
+function enospc(): Error {
+  return Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+}
+
+/** A verified writer for `data`'s digest and size on a TestStage. */
+function testWriter(data: Buffer, options: { failAfter?: number; failCommit?: boolean } = {}): { writer: StagedWriter; stage: TestStage } {
+  const stage = new TestStage(options);
+  return { writer: new StagedWriter(stage, new ContentVerifier({ digest: digestOf(data).value, size: data.length })), stage };
 }
 
 /** Reads a stream to its end or error; never waits past `timeoutMs` (a hang is an outcome). */
@@ -125,7 +111,7 @@ async function settled<T>(promise: Promise<T>, timeoutMs = 5000): Promise<{ ok: 
 
 test('every reader gets the whole blob, a late one and a range too; then it is committed', async () => {
   const data = randomBytes(3 * MiB);
-  const writer = testWriter();
+  const { writer, stage } = testWriter(data);
   const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => writer });
   await fill.ready;
   const first = drain(fill.createReader());
@@ -136,12 +122,12 @@ test('every reader gets the whole blob, a late one and a range too; then it is c
   assert.deepEqual((await range).data, data.subarray(100, 200));
   assert.deepEqual((await late).data, data);
   assert.equal(fill.state, 'complete');
-  assert.ok(writer.committed);
+  assert.ok(stage.published);
 });
 
 test('a write error fails the fill at once: readers error (never end), the temp file goes, done rejects with it', async () => {
   const data = randomBytes(3 * MiB);
-  const writer = testWriter({ failAfter: 1 * MiB });
+  const { writer, stage } = testWriter(data, { failAfter: 1 * MiB });
   const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => writer });
   await fill.ready;
   const readers = [drain(fill.createReader()), drain(fill.createReader({ start: 2 * MiB }))];
@@ -154,26 +140,25 @@ test('a write error fails the fill at once: readers error (never end), the temp 
     assert.ok(reader.data.length < data.length);
   }
   assert.equal(fill.state, 'failed');
-  assert.ok(writer.aborted, 'the writer was aborted');
-  assert.equal(existsSync(writer.localPath!), false, 'the temp file is gone');
+  assert.ok(stage.discarded && !stage.published, 'the write was aborted: its staged bytes are gone');
   assert.throws(() => fill.createReader(), /ENOSPC/, 'no one joins a failed fill');
 });
 
 test('a write error after the whole blob was taken from upstream still fails the fill (it used to wait forever)', async () => {
   const data = randomBytes(64 * 1024);
-  const writer = testWriter({ failAfter: 0 });
+  const { writer, stage } = testWriter(data, { failAfter: 0 });
   const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => writer });
   await fill.ready;
   const reader = drain(fill.createReader());
   const done = await settled(fill.done);
-  assert.ok(done !== 'hang' && !done.ok, 'the fill fails rather than waiting for bytes that never reach the file');
+  assert.ok(done !== 'hang' && !done.ok, 'the fill fails rather than waiting for bytes that never reach the storage');
   assert.equal((await reader).outcome, 'error');
-  assert.ok(writer.aborted);
+  assert.ok(stage.discarded);
 });
 
 test('a reader given a fallback, that delivered nothing when the storage failed, streams the fallback instead', async () => {
   const data = randomBytes(64 * 1024);
-  const writer = testWriter({ failAfter: 0 });
+  const { writer } = testWriter(data, { failAfter: 0 });
   const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => writer });
   await fill.ready;
   let fallbacks = 0;
@@ -212,7 +197,7 @@ test('when the cache cannot take the blob, the fill ends with the upstream answe
 
 test('a commit that fails after the blob was verified lets readers finish; done rejects', async () => {
   const data = randomBytes(2 * MiB);
-  const writer = testWriter({ failCommit: true });
+  const { writer } = testWriter(data, { failCommit: true });
   let beforeCommit!: () => void;
   const committing = new Promise<void>((resolve) => (beforeCommit = resolve));
   const fill = new BlobFill({
@@ -231,6 +216,63 @@ test('a commit that fails after the blob was verified lets readers finish; done 
   assert.ok(done !== 'hang' && !done.ok);
   assert.equal(fill.state, 'failed');
   const result = await drain(stream);
-  assert.equal(result.outcome, 'end', 'the verified bytes are still readable from the open file');
+  assert.equal(result.outcome, 'end', 'the verified bytes are still readable from the stage');
   assert.deepEqual(result.data, data);
+});
+
+test('a broken upstream transfer is resumed where it stopped; readers get the one whole blob', async () => {
+  const data = randomBytes(2 * MiB);
+  const { writer, stage } = testWriter(data);
+  const offsets: number[] = [];
+  const fill = new BlobFill({
+    digest: digestOf(data),
+    resumeDelayMs: 1,
+    open: async (offset) => {
+      offsets.push(offset);
+      if (offset === 0) {
+        async function* breaking(): AsyncGenerator<Buffer> {
+          yield data.subarray(0, 700 * 1024);
+          throw new Error('connection reset');
+        }
+        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
+      }
+      return { status: 206, headers: { 'content-range': `bytes ${offset}-${data.length - 1}/${data.length}` }, body: Readable.from([data.subarray(offset)]) };
+    },
+    createWriter: async () => writer,
+  });
+  await fill.ready;
+  const reader = drain(fill.createReader());
+  await fill.done;
+  assert.deepEqual(offsets, [0, 700 * 1024]);
+  assert.equal(fill.resumes, 1);
+  assert.equal(fill.upstreamBytes, data.length);
+  const result = await reader;
+  assert.equal(result.outcome, 'end');
+  assert.ok(result.data.equals(data));
+  assert.ok(stage.published);
+});
+
+test('content that does not match the digest fails every reader (never ends them) and is not committed', async () => {
+  const data = randomBytes(MiB);
+  const tampered = Buffer.from(data);
+  tampered.writeUInt8(tampered.readUInt8(1000) ^ 1, 1000);
+  const { writer, stage } = testWriter(data);
+  const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(tampered), createWriter: async () => writer });
+  await fill.ready;
+  const readers = [drain(fill.createReader()), drain(fill.createReader({ start: 500 * 1024 }))];
+  await assert.rejects(fill.done, DigestMismatchError);
+  for (const reader of await Promise.all(readers)) {
+    assert.equal(reader.outcome, 'error');
+    assert.ok(reader.error instanceof DigestMismatchError);
+  }
+  assert.equal(fill.state, 'failed');
+  assert.ok(!stage.published && stage.discarded);
+});
+
+test('the fill refuses a storage writer that does not verify its blob', async () => {
+  const data = randomBytes(1000);
+  const stage = new TestStage();
+  const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => new StagedWriter(stage) });
+  await assert.rejects(fill.done, /does not verify/);
+  assert.ok(stage.discarded && !stage.published);
 });

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { clientConfig, renderSnippets, type ClientSnippet } from '../../src/clients/client-config.ts';
-import { resolveConfig, type Config } from '../../src/config/load.ts';
+import { resolveConfig } from '../../src/config/load.ts';
+import type { Config } from '../../src/config/types.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/docxy.js', import.meta.url));
 

@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, displayUrl, loadConfig, resolveConfig, type ConfigProblem } from '../../src/config/load.ts';
+import { displayUrl } from '../../src/config/credentials.ts';
+import { loadConfig, resolveConfig } from '../../src/config/load.ts';
+import { ConfigError, type ConfigProblem } from '../../src/config/types.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/docxy.js', import.meta.url));
 const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -81,8 +83,21 @@ describe('resolveConfig: defaults and presets', () => {
     }
   });
 
-  // Known bug: `timeouts.partial()` keeps the inner `.default()`s, so an upstream's partial
-  // timeouts come back filled with the built-in defaults and overwrite the global values.
+  test('a section left out gets the same field defaults as a section written empty or partly', () => {
+    // The schema writes each default once, on its field; a missing section is parsed from `{}`.
+    const defaults = resolveConfig({});
+    const empty = resolveConfig({ cache: {}, timeouts: {}, server: {}, upstreams: { 'docker.io': {} } });
+    assert.deepEqual(empty.cache, defaults.cache);
+    assert.deepEqual(empty.server, defaults.server);
+    assert.deepEqual(empty.upstreams.get('docker.io'), defaults.upstreams.get('docker.io'));
+    const partly = resolveConfig({ cache: { maxSize: '1GiB' }, server: { maxConnectionsPerIp: 8 }, timeouts: { connectMs: 1 } });
+    assert.deepEqual(partly.cache, { ...defaults.cache, maxSize: 1024 ** 3 });
+    assert.deepEqual(partly.server, { ...defaults.server, maxConnectionsPerIp: 8 });
+    assert.deepEqual(partly.upstreams.get('docker.io')?.timeouts, { ...defaults.upstreams.get('docker.io')!.timeouts, connectMs: 1 });
+  });
+
+  // Regression: per-upstream timeouts once kept the global fields' built-in defaults, so an
+  // upstream's partial timeouts came back filled with them and overwrote the global values.
   test('a per-upstream timeout overrides only the field it sets, keeping the global ones', () => {
     const config = resolveConfig({
       timeouts: { connectMs: 1_000, bodyIdleMs: 5_000 },

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { afterEach, beforeEach, test } from 'node:test';
 import { Evictor } from '../../src/core/evictor.ts';
 import { parseDigest } from '../../src/oci/digest.ts';
 import { contentKey, createContentStore, type ContentStore } from '../../src/storage/content-store.ts';
@@ -12,11 +12,12 @@ import { sha256 } from '../helpers/fake-registry.ts';
 let root: string;
 let store: ContentStore;
 
-before(async () => {
+// Each test its own cache: what one stores must not decide what another's sweep finds.
+beforeEach(async () => {
   root = await mkdtemp(join(tmpdir(), 'docxy-evictor-'));
   store = createContentStore(createFsDriver({ root }));
 });
-after(async () => {
+afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
@@ -63,6 +64,7 @@ test('no sweep work below the limit; maxBytes 0 means unlimited', async () => {
 
 test('fills reserve room within maxBytes with what is stored; least recently used content makes room; none beyond', async () => {
   const old = await blob(6, 1000, 500);
+  await blob(7, 1000, 50); // 2000 stored: 3000 more fit only once the older one is gone
   const evictor = new Evictor({ store, maxBytes: 4000 });
   await evictor.sweep(); // counts what is stored
   const stored = evictor.usage().storedBytes!;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { resolveConfig, type UpstreamConfig } from '../../src/config/load.ts';
+import { resolveConfig } from '../../src/config/load.ts';
+import type { UpstreamConfig } from '../../src/config/types.ts';
 import { checkRealm } from '../../src/upstream/realm-trust.ts';
 
 /** One upstream as the config loader resolves it. */

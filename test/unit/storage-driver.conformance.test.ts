@@ -2,7 +2,7 @@
 // one `runDriverConformance(...)` call per driver (an S3 driver is one more call at the bottom).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,8 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { createContentStore } from '../../src/storage/content-store.ts';
+import { DigestMismatchError } from '../../src/storage/content-verifier.ts';
 import { createFsDriver, TMP_DIR } from '../../src/storage/fs-driver.ts';
 import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageWriter } from '../../src/storage/storage-driver.ts';
 
@@ -332,14 +334,254 @@ function runDriverConformance(name: string, makeDriver: () => Promise<DriverFixt
   });
 }
 
-runDriverConformance('filesystem', async () => {
+/**
+ * The writer's side of the contract: verified writes (blobs and manifests through the same writer)
+ * and followers of a write in progress (`writer.openReader`), which serve a cache fill's clients.
+ */
+function runWriterConformance(name: string, makeDriver: () => Promise<DriverFixture>): void {
+  describe(`StorageDriver conformance, writers and followers: ${name}`, () => {
+    let fixture: DriverFixture;
+    let driver: StorageDriver;
+    beforeEach(async () => {
+      fixture = await makeDriver();
+      driver = fixture.driver;
+    });
+    afterEach(async () => {
+      await fixture.cleanup();
+    });
+
+    /** Leftovers of writes (temp files, uploads) another instance would find. */
+    const leftovers = () => fixture.reopen().cleanup();
+
+    test('a follower opened before the first byte gets every byte and ends when the write commits', async () => {
+      const data = pattern(3 * MiB + 17);
+      const writer = await driver.createWriter('follow/early', { digest: sha256(data), size: data.length });
+      const follower = collect(writer.openReader());
+      await writeAll(writer, data, 64 * 1024);
+      await writer.commit();
+      assert.ok((await follower).equals(data));
+      assert.deepEqual(await driver.readAll('follow/early'), data);
+    });
+
+    test('a follower opened mid-write starts from the first byte; ranges inside and past the stored bytes', async () => {
+      const data = pattern(2 * MiB);
+      const writer = await driver.createWriter('follow/mid', { digest: sha256(data), size: data.length });
+      await writeAll(writer, data.subarray(0, MiB), 64 * 1024, false);
+      await waitFor(async () => writer.written >= MiB);
+      // Inside what is stored: answered at once, while the write is still open.
+      assert.deepEqual(await collect(writer.openReader({ start: 1000, end: 1999 })), data.subarray(1000, 2000));
+      const whole = collect(writer.openReader());
+      const past = collect(writer.openReader({ start: MiB + 100, end: MiB + 299 }));
+      const toEnd = collect(writer.openReader({ start: MiB + 5 }));
+      const straddling = collect(writer.openReader({ start: MiB - 10, end: MiB + 9 }));
+      await writeAll(writer, data.subarray(MiB), 64 * 1024);
+      assert.deepEqual(await past, data.subarray(MiB + 100, MiB + 300));
+      assert.deepEqual(await straddling, data.subarray(MiB - 10, MiB + 10));
+      await writer.commit();
+      assert.ok((await whole).equals(data));
+      assert.ok((await toEnd).equals(data.subarray(MiB + 5)));
+    });
+
+    test('a follower never gets the last byte before the content is verified', async () => {
+      const data = pattern(300 * 1024);
+      const writer = await driver.createWriter('follow/held', { digest: sha256(data), size: data.length });
+      const follower = writer.openReader();
+      const received: Buffer[] = [];
+      let ended = false;
+      follower.on('data', (chunk: Buffer) => received.push(chunk));
+      follower.on('end', () => (ended = true));
+      await new Promise<void>((done, fail) => writer.stream.write(data, (error) => (error ? fail(error) : done())));
+      await waitFor(async () => Buffer.concat(received).length === data.length - 1);
+      await sleep(50);
+      assert.equal(Buffer.concat(received).length, data.length - 1, 'everything but the last byte');
+      assert.equal(ended, false);
+      await writer.seal();
+      await finished(follower);
+      assert.ok(Buffer.concat(received).equals(data));
+      await writer.commit();
+    });
+
+    test('followers of a write without an expectation end when it is sealed', async () => {
+      const data = pattern(MiB);
+      const writer = await driver.createWriter('follow/plain');
+      assert.equal(writer.expected, undefined);
+      const follower = collect(writer.openReader());
+      writer.stream.end(data);
+      await writer.seal();
+      assert.ok((await follower).equals(data), 'ended before the commit');
+      assert.equal(await driver.stat('follow/plain'), undefined);
+      await writer.commit();
+      assert.equal((await driver.stat('follow/plain'))?.size, data.length);
+    });
+
+    test('an aborted write fails its followers with the reason; nothing is visible, nothing left', async () => {
+      const data = pattern(MiB);
+      const writer = await driver.createWriter('follow/aborted', { digest: sha256(data), size: data.length });
+      const early = outcome(writer.openReader());
+      await writeAll(writer, data.subarray(0, MiB / 2), 64 * 1024, false);
+      const late = outcome(writer.openReader({ start: MiB / 4 }));
+      await writer.abort(new Error('client went away'));
+      for (const result of [await early, await late]) {
+        assert.equal(result.outcome, 'error');
+        assert.match(String(result.error?.message), /client went away/);
+      }
+      assert.throws(() => writer.openReader(), /client went away/, 'no follower of a failed write');
+      await assert.rejects(writer.commit());
+      assert.equal(await driver.stat('follow/aborted'), undefined);
+      assert.equal(await leftovers(), 0);
+    });
+
+    test('a write whose stream fails fails its followers, which never end as if complete', async () => {
+      const writer = await driver.createWriter('follow/broken');
+      const follower = outcome(writer.openReader());
+      async function* failing(): AsyncGenerator<Buffer> {
+        yield pattern(128 * 1024);
+        throw new Error('upstream went away');
+      }
+      await assert.rejects(pipeline(Readable.from(failing()), writer.stream), /upstream went away/);
+      const result = await follower;
+      assert.equal(result.outcome, 'error');
+      assert.ok(result.data.length <= 128 * 1024);
+      await assert.rejects(writer.commit());
+      assert.equal(await driver.stat('follow/broken'), undefined);
+      assert.equal(await leftovers(), 0);
+    });
+
+    test('many followers at once, fast and slow, whole and ranged, all get their bytes', async () => {
+      const data = pattern(8 * MiB + 3);
+      const writer = await driver.createWriter('follow/many', { digest: sha256(data), size: data.length });
+      const followers: { range: { start: number; end?: number }; result: Promise<Buffer> }[] = [];
+      const open = (index: number) => {
+        const start = (index * 257 * 1024) % data.length;
+        const range = index % 3 === 0 ? { start: 0 } : index % 3 === 1 ? { start } : { start, end: Math.min(data.length - 1, start + 100_000) };
+        followers.push({ range, result: collect(writer.openReader(range), index % 4 === 0 ? 2 : 0) });
+      };
+      for (let i = 0; i < 16; i++) open(i);
+      let written = 0;
+      for (const chunk of split(data, 256 * 1024)) {
+        if (!writer.stream.write(chunk)) await once(writer.stream, 'drain');
+        written += chunk.length;
+        if (written % MiB < 256 * 1024 && followers.length < 32) for (let i = 0; i < 4; i++) open(followers.length);
+      }
+      await writer.commit();
+      for (const { range, result } of followers) {
+        const expected = data.subarray(range.start, range.end === undefined ? undefined : range.end + 1);
+        assert.ok((await result).equals(expected), `range ${JSON.stringify(range)}`);
+      }
+    });
+
+    test('a follower that falls behind reads back from the storage: memory stays flat', async () => {
+      const size = 64 * MiB;
+      const chunk = 256 * 1024;
+      const hash = createHash('sha256');
+      for (const piece of chunks(size / chunk, chunk)) hash.update(piece);
+      const writer = await driver.createWriter('follow/big', { digest: `sha256:${hash.digest('hex')}`, size });
+      const memory = liveBufferSampler();
+      const follower = writer.openReader();
+      follower.pause(); // reads nothing until the whole write is stored
+      let index = 0;
+      for (const piece of chunks(size / chunk, chunk)) {
+        if (!writer.stream.write(piece)) await once(writer.stream, 'drain');
+        if (index++ % 16 === 0) memory.sample();
+      }
+      await writer.seal();
+      const read = createHash('sha256');
+      let bytes = 0;
+      for await (const piece of follower) {
+        read.update(piece as Buffer);
+        bytes += (piece as Buffer).length;
+        if (index++ % 16 === 0) memory.sample();
+      }
+      await writer.commit();
+      assert.equal(bytes, size);
+      assert.equal(`sha256:${read.digest('hex')}`, writer.expected?.digest);
+      assert.ok(memory.growth() < 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
+    });
+
+    test('a follower opened after the commit reads the committed content', async () => {
+      const data = pattern(100_000);
+      const writer = await driver.createWriter('follow/after', { digest: sha256(data), size: data.length });
+      writer.stream.end(data);
+      await writer.commit();
+      assert.deepEqual(await collect(writer.openReader({ start: 10, end: 99 })), data.subarray(10, 100));
+    });
+
+    test('a verified write of the wrong content is refused: followers fail, nothing is visible, nothing left', async () => {
+      const expected = pattern(200_000);
+      const received = Buffer.from(expected);
+      received.writeUInt8(received.readUInt8(123_456) ^ 0xff, 123_456);
+      const writer = await driver.createWriter('verified/wrong', { digest: sha256(expected), size: expected.length });
+      const follower = outcome(writer.openReader());
+      writer.stream.end(received);
+      await assert.rejects(writer.commit(), (error: unknown) => {
+        assert.ok(error instanceof DigestMismatchError);
+        assert.equal(error.expectedDigest, sha256(expected));
+        assert.equal(error.actualDigest, sha256(received));
+        return true;
+      });
+      const result = await follower;
+      assert.equal(result.outcome, 'error', 'the follower fails');
+      assert.ok(result.error instanceof DigestMismatchError);
+      assert.ok(result.data.length < received.length, 'it never got the whole content');
+      assert.equal(await driver.stat('verified/wrong'), undefined);
+      assert.equal(await leftovers(), 0);
+    });
+
+    test('a verified write of the wrong length is refused: too short at the end, too long at once', async () => {
+      const data = pattern(100_000);
+      const short = await driver.createWriter('verified/short', { digest: sha256(data), size: data.length + 1 });
+      short.stream.end(data);
+      await assert.rejects(short.seal(), (error: unknown) => error instanceof DigestMismatchError && error.actualSize === data.length);
+      await assert.rejects(short.commit(), DigestMismatchError);
+
+      const long = await driver.createWriter('verified/long', { digest: sha256(data), size: 64 * 1024 });
+      let produced = 0;
+      async function* runaway(): AsyncGenerator<Buffer> {
+        for (let i = 0; i < 1024; i++) {
+          produced += 64 * 1024;
+          yield Buffer.alloc(64 * 1024);
+        }
+      }
+      await assert.rejects(pipeline(Readable.from(runaway()), long.stream), (error: unknown) => error instanceof DigestMismatchError && error.actualDigest === undefined);
+      assert.ok(produced < 4 * MiB, `the producer was stopped after ${produced} bytes, not 64 MiB`);
+      await assert.rejects(long.commit(), DigestMismatchError);
+      assert.deepEqual(await keys(driver, 'verified/'), []);
+      assert.equal(await leftovers(), 0);
+      await assert.rejects(driver.createWriter('verified/invalid', { digest: 'sha256:abc' }), /invalid digest/);
+      await assert.rejects(driver.createWriter('verified/invalid', { digest: sha256(data), size: -1 }), RangeError);
+    });
+
+    test('manifests go through the same verified writer (with their media type)', async () => {
+      const store = createContentStore(driver);
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, layers: [] }));
+      await store.putManifest(sha256(bytes), 'application/vnd.oci.image.manifest.v1+json', bytes);
+      assert.deepEqual(await store.getManifest(sha256(bytes)), { mediaType: 'application/vnd.oci.image.manifest.v1+json', bytes });
+
+      const other = Buffer.from('{"schemaVersion":2,"tampered":true}');
+      await assert.rejects(store.putManifest(sha256(bytes.subarray(1)), 'application/vnd.oci.image.manifest.v1+json', other), DigestMismatchError);
+      assert.equal(await store.getManifest(sha256(bytes.subarray(1))), undefined);
+      const writer = await store.createVerifiedWriter('manifest', sha256(other), other.length, 'application/vnd.oci.image.manifest.v1+json');
+      assert.deepEqual(writer.expected, { digest: sha256(other), size: other.length }, 'the driver writer checks it');
+      const follower = collect(writer.openReader());
+      writer.stream.end(other);
+      await writer.commit();
+      assert.deepEqual(await follower, other);
+      assert.equal(await leftovers(), 0);
+    });
+  });
+}
+
+async function fsDriverFixture(): Promise<DriverFixture> {
   const root = await mkdtemp(join(tmpdir(), 'docxy-fs-driver-'));
   return {
     driver: createFsDriver({ root }),
     reopen: () => createFsDriver({ root }),
     cleanup: () => rm(root, { recursive: true, force: true }),
   };
-});
+}
+
+runDriverConformance('filesystem', fsDriverFixture);
+runWriterConformance('filesystem', fsDriverFixture);
 
 describe('filesystem driver specifics', () => {
   let root: string;
@@ -451,10 +693,46 @@ function* chunks(count: number, size: number): Generator<Buffer> {
   for (let i = 0; i < count; i++) yield Buffer.alloc(size, i % 256);
 }
 
-async function collect(stream: Readable): Promise<Buffer> {
+/** Every byte of `stream`; `delayMs`: a slow consumer, pausing that long after each chunk. */
+async function collect(stream: Readable, delayMs = 0): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for await (const chunk of stream) parts.push(chunk as Buffer);
+  for await (const chunk of stream) {
+    parts.push(chunk as Buffer);
+    if (delayMs > 0) await sleep(delayMs);
+  }
   return Buffer.concat(parts);
+}
+
+/** How a stream ended, with what it delivered; never rejects. */
+async function outcome(stream: Readable): Promise<{ outcome: 'end' | 'error'; data: Buffer; error?: Error }> {
+  const parts: Buffer[] = [];
+  try {
+    for await (const chunk of stream) parts.push(chunk as Buffer);
+    return { outcome: 'end', data: Buffer.concat(parts) };
+  } catch (error) {
+    return { outcome: 'error', data: Buffer.concat(parts), error: error as Error };
+  }
+}
+
+/** Random bytes: a shifted, reordered or partial copy does not compare equal. */
+function pattern(size: number): Buffer {
+  return randomBytes(size);
+}
+
+function* split(data: Buffer, size: number): Generator<Buffer> {
+  for (let offset = 0; offset < data.length; offset += size) yield data.subarray(offset, offset + size);
+}
+
+/** Writes `data` in `size` pieces with backpressure; `end`: ends the stream after. */
+async function writeAll(writer: StorageWriter, data: Buffer, size: number, end = true): Promise<void> {
+  for (const piece of split(data, size)) {
+    if (!writer.stream.write(piece)) await once(writer.stream, 'drain');
+  }
+  if (end) writer.stream.end();
+}
+
+function sha256(data: Buffer): string {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
 }
 
 async function readOneChunk(stream: Readable): Promise<Buffer> {

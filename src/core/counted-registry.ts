@@ -1,0 +1,26 @@
+import type { CacheStats } from '../observability/cache-stats.ts';
+import type { Registry, RegistryRequest, RegistryResponse } from './registry.ts';
+
+/**
+ * The registry with the cache's counters counted where its answers are made: each answer's
+ * outcome when it is decided, its body bytes once the answer is written (whoever writes it
+ * reports them through `sent`: no extra stream on the way).
+ */
+export function withCacheCounters(registry: Registry, stats: CacheStats): Registry {
+  return {
+    manifest: async (request, reference) => counted(stats, request, await registry.manifest(request, reference)),
+    blob: async (request, digest) => counted(stats, request, await registry.blob(request, digest)),
+    tags: async (request, query) => counted(stats, request, await registry.tags(request, query)),
+    referrers: async (request, digest, query) => counted(stats, request, await registry.referrers(request, digest, query)),
+  };
+}
+
+function counted(stats: CacheStats, request: RegistryRequest, response: RegistryResponse): RegistryResponse {
+  if (!response.cache) return response;
+  stats.count(response.cache);
+  // Only a body that is sent is counted (HEAD, 204 and 304 answers send none).
+  const sent = request.method !== 'HEAD' && response.status !== 204 && response.status !== 304;
+  if (!response.body || !sent) return response;
+  const outcome = response.cache;
+  return { ...response, sent: (bytes) => stats.countSent(outcome, bytes) };
+}

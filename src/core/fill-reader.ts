@@ -1,0 +1,58 @@
+import { Readable } from 'node:stream';
+import { isStorageUnwritable } from '../storage/storage-driver.ts';
+
+/**
+ * A blob fill's reader with a fallback: it passes on a follower of the fill's storage write, but
+ * if the storage fails before it delivered a byte (its client has had nothing, not even the
+ * headers), it streams what `fallback` opens instead (the same bytes, from upstream). No buffer
+ * of its own: a chunk waits here only until its consumer asks for more.
+ */
+export class FillReader extends Readable {
+  private source: Readable;
+  private fallback: (() => Promise<Readable>) | undefined;
+  private delivered = false;
+
+  constructor(follower: Readable, fallback: () => Promise<Readable>) {
+    super({ highWaterMark: 0 });
+    this.fallback = fallback;
+    this.source = follower;
+    this.follow(follower);
+  }
+
+  private follow(source: Readable): void {
+    source.on('data', (chunk: Buffer) => {
+      this.delivered = true;
+      if (!this.push(chunk)) source.pause();
+    });
+    source.once('end', () => this.push(null));
+    source.once('error', (error: Error) => {
+      const fallback = this.fallback;
+      this.fallback = undefined;
+      if (fallback && !this.delivered && isStorageUnwritable(error)) this.useFallback(fallback);
+      else this.destroy(error);
+    });
+  }
+
+  private useFallback(fallback: () => Promise<Readable>): void {
+    fallback().then(
+      (source) => {
+        if (this.destroyed) {
+          source.destroy();
+          return;
+        }
+        this.source = source;
+        this.follow(source);
+      },
+      (error: unknown) => this.destroy(error as Error),
+    );
+  }
+
+  override _read(): void {
+    this.source.resume();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.source.destroy();
+    callback(error);
+  }
+}

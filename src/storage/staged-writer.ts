@@ -1,0 +1,240 @@
+import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { CommitGate } from './commit-gate.ts';
+import type { ContentExpectation, ContentVerifier } from './content-verifier.ts';
+import { checkRange, type ByteRange, type StorageWriter } from './storage-driver.ts';
+import { WriteFollower, type FollowedWrite } from './write-follower.ts';
+
+/** Bytes the stage's sink queues before backpressure; large enough for `writev` batching. */
+export const STAGE_HIGH_WATER_MARK = 4 * 1024 * 1024;
+
+/**
+ * Where one write's bytes wait until commit, as a driver provides it: a temp file for the
+ * filesystem driver; for an object store, a local spool file (or parts) plus the upload.
+ * StagedWriter calls `write` one batch at a time, in order, and `read` only below what `write`
+ * completed; `publish` and `discard` at most once between them; `release` last, once no
+ * follower reads any more.
+ */
+export interface WriteStage {
+  /** Stores `buffers` at `position`, all of them, or rejects. */
+  write(buffers: Buffer[], position: number): Promise<void>;
+  /** Reads stored bytes at `position` into `buffer`; resolves with how many. */
+  read(buffer: Buffer, position: number): Promise<number>;
+  /** Makes the bytes visible under the key, atomically and durably. */
+  publish(): Promise<void>;
+  /** Removes the staged bytes; the key is left as it was. */
+  discard(): Promise<void>;
+  /** Frees what reads and writes needed (a descriptor); nothing is read or written afterwards. */
+  release(): Promise<void>;
+  /** Reads the key as committed (for a follower opened after the stage was released). */
+  openCommitted(range: ByteRange): Promise<Readable>;
+}
+
+/**
+ * The StorageWriter of every driver: drivers provide a WriteStage, this does the rest, the same
+ * for blobs and manifests. `stream` is a Transform that checks each chunk as it arrives (length
+ * and digest, see ContentVerifier) and hands it to the followers waiting for it, then a sink that
+ * stores the bytes in batches (`writev`) while the next chunks are hashed: hashing, storing and
+ * the followers' sockets all work at once, with backpressure and no await per chunk.
+ */
+export class StagedWriter implements StorageWriter {
+  readonly stream: Transform;
+  readonly expected: Readonly<ContentExpectation> | undefined;
+  readonly #stage: WriteStage;
+  readonly #verifier: ContentVerifier | undefined;
+  readonly #followers = new Set<WriteFollower>();
+  readonly #piped: Promise<void>;
+  /** Bytes that arrived (and passed the length check). */
+  #arrived = 0;
+  /** Bytes stored. */
+  #written = 0;
+  /** Every byte stored and checked. */
+  #sealed = false;
+  /** Why the write failed before it was sealed. */
+  #failure: Error | undefined;
+  #abortReason: Error | undefined;
+  /** The writer itself (until it committed or aborted) and each follower hold the stage. */
+  #holders = 1;
+  #writerHolds = true;
+  #released = false;
+  #committed = false;
+  readonly #gate = new CommitGate(
+    () => this.#commit(),
+    () => this.#abort(),
+  );
+
+  /** The write as its followers see it. */
+  readonly #view: FollowedWrite;
+
+  /** `verifier`: the check of a write given an expectation (made first: an invalid one throws before the stage exists). */
+  constructor(stage: WriteStage, verifier?: ContentVerifier) {
+    this.#stage = stage;
+    this.#verifier = verifier;
+    this.expected = this.#verifier?.expected;
+    this.stream = new Transform({
+      transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => this.#arrive(chunk, callback),
+      flush: (callback: TransformCallback) => this.#verify(callback),
+    });
+    const sink = new Writable({
+      highWaterMark: STAGE_HIGH_WATER_MARK,
+      writev: (chunks, callback) => this.#store(chunks.map(({ chunk }) => chunk as Buffer), callback),
+      final: (callback) => this.#seal(callback),
+    });
+    this.#piped = pipeline(this.stream, sink);
+    // Any failure (a write refused, content outgrowing its size, a destroyed stream) aborts.
+    this.#piped.catch((error: unknown) => this.#fail(error as Error));
+    const size = this.expected?.size;
+    const writer = this;
+    this.#view = {
+      get written() {
+        return writer.#written;
+      },
+      get holdBack() {
+        if (writer.#sealed) return writer.#written;
+        return size === undefined ? Infinity : size - 1;
+      },
+      get total() {
+        return writer.#sealed ? writer.#written : undefined;
+      },
+      read: (buffer, position) => stage.read(buffer, position),
+    };
+  }
+
+  get written(): number {
+    return this.#written;
+  }
+
+  openReader(range: ByteRange = { start: 0 }): Readable {
+    checkRange(range);
+    if (this.#failure) throw this.#failure;
+    if (this.#released) {
+      if (!this.#committed) throw new Error('storage write was aborted');
+      return lazyReadable(() => this.#stage.openCommitted(range));
+    }
+    this.#holders++;
+    const follower = new WriteFollower(this.#view, range, () => {
+      this.#followers.delete(follower);
+      this.#letGo();
+    });
+    this.#followers.add(follower);
+    return follower;
+  }
+
+  async seal(): Promise<void> {
+    if (!this.stream.writableEnded && !this.stream.destroyed) this.stream.end();
+    try {
+      await this.#piped;
+    } catch (error) {
+      throw this.#failure ?? (error as Error);
+    }
+    if (!this.#sealed) throw this.#failure ?? new Error('storage write was aborted');
+  }
+
+  async commit(): Promise<void> {
+    if (this.#failure) {
+      // Failed already (and aborting): the reason, once nothing is left behind.
+      await this.#gate.abort();
+      throw this.#failure;
+    }
+    return this.#gate.commit();
+  }
+
+  abort(reason?: Error): Promise<void> {
+    this.#abortReason ??= reason;
+    return this.#gate.abort();
+  }
+
+  /** A chunk arrives: checked, handed to the followers waiting for it, passed on to be stored. */
+  #arrive(chunk: Buffer, callback: TransformCallback): void {
+    try {
+      this.#verifier?.update(chunk);
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    const offset = this.#arrived;
+    this.#arrived += chunk.length;
+    for (const follower of this.#followers) follower.offer(chunk, offset);
+    callback(null, chunk);
+  }
+
+  /** Every chunk arrived: the digest and length decide. */
+  #verify(callback: TransformCallback): void {
+    try {
+      this.#verifier?.finish();
+    } catch (error) {
+      callback(error as Error);
+      return;
+    }
+    callback();
+  }
+
+  /** One batch into the stage: the sink never has two in flight, so they land in order. */
+  #store(buffers: Buffer[], callback: (error?: Error | null) => void): void {
+    let bytes = 0;
+    for (const buffer of buffers) bytes += buffer.length;
+    this.#stage.write(buffers, this.#written).then(
+      () => {
+        this.#written += bytes;
+        for (const follower of this.#followers) follower.wake();
+        callback();
+      },
+      (error: unknown) => callback(error as Error),
+    );
+  }
+
+  /** Every byte stored, after the check passed (a failed check never lets the sink finish). */
+  #seal(callback: (error?: Error | null) => void): void {
+    this.#sealed = true;
+    for (const follower of this.#followers) follower.wake();
+    callback();
+  }
+
+  #fail(error: Error): void {
+    if (this.#sealed) return;
+    this.#failure ??= error;
+    for (const follower of this.#followers) follower.fail(this.#failure);
+    this.abort(error).catch(() => undefined);
+  }
+
+  async #commit(): Promise<void> {
+    await this.seal();
+    await this.#stage.publish();
+    this.#committed = true;
+    this.#writerDone();
+  }
+
+  async #abort(): Promise<void> {
+    if (!this.#sealed) {
+      this.#failure ??= this.#abortReason ?? new Error('storage write was aborted');
+      for (const follower of this.#followers) follower.fail(this.#failure);
+    }
+    this.stream.destroy();
+    try {
+      await this.#stage.discard();
+    } finally {
+      this.#writerDone();
+    }
+  }
+
+  #writerDone(): void {
+    if (!this.#writerHolds) return;
+    this.#writerHolds = false;
+    this.#letGo();
+  }
+
+  #letGo(): void {
+    this.#holders--;
+    if (this.#holders > 0 || this.#released) return;
+    this.#released = true;
+    this.#stage.release().catch(() => undefined);
+  }
+}
+
+/** A Readable of what `open` resolves to, opened on first read. */
+function lazyReadable(open: () => Promise<Readable>): Readable {
+  async function* chunks(): AsyncGenerator<Buffer> {
+    for await (const chunk of await open()) yield chunk as Buffer;
+  }
+  return Readable.from(chunks(), { objectMode: false });
+}

@@ -1,0 +1,152 @@
+import { Readable } from 'node:stream';
+import type { ByteRange } from './storage-driver.ts';
+
+/**
+ * Bytes a follower reads back from the storage at once, and its buffer. 256 KiB keeps a
+ * follower's memory (buffer plus one read) near half a MiB, so fifty of them stay small.
+ */
+export const FOLLOW_CHUNK = 256 * 1024;
+
+/** A write in progress as its followers see it (StagedWriter provides it). */
+export interface FollowedWrite {
+  /** Bytes stored so far: readable with `read`. */
+  readonly written: number;
+  /**
+   * First byte no follower may deliver yet, whatever has arrived: the content's last byte waits
+   * for its verification (Infinity when the size is unknown: the end itself then waits).
+   */
+  readonly holdBack: number;
+  /** The content's length once the write is sealed (every byte stored and checked), else undefined. */
+  readonly total: number | undefined;
+  /** Positional read of stored bytes (only below `written`). */
+  read(buffer: Buffer, position: number): Promise<number>;
+}
+
+/**
+ * One follower of a write in progress: a Readable of the bytes `[start, end]`. While it keeps up
+ * (waiting at the very byte that arrives next) each chunk is handed over as it arrives; once it
+ * falls behind (its consumer is slower) it reads the stored bytes back by position, in
+ * FOLLOW_CHUNK pieces, until it catches up again. It ends when the write is sealed or at `end`,
+ * and fails (`fail`) when the write fails before it was sealed.
+ */
+export class WriteFollower extends Readable {
+  readonly #write: FollowedWrite;
+  readonly #end: number | undefined;
+  readonly #onDone: () => void;
+  #position: number;
+  /** Caught up and waiting: the chunk arriving at `#position` may be handed over directly. */
+  #waiting = false;
+  #pumping = false;
+  #pumpAgain = false;
+  /** Nothing more will be delivered. */
+  #done = false;
+  #released = false;
+
+  constructor(write: FollowedWrite, range: ByteRange, onDone: () => void) {
+    super({ highWaterMark: FOLLOW_CHUNK });
+    this.#write = write;
+    this.#position = range.start;
+    this.#end = range.end;
+    this.#onDone = onDone;
+    this.once('end', () => this.#finish());
+  }
+
+  /**
+   * A chunk that just arrived at `offset`: taken (the part this follower wants) if it is waiting
+   * at a byte inside it. A chunk reaching the held-back last byte is not: that part is read back
+   * once stored (and the last byte once verified), so nothing of it goes out before the storage
+   * took it.
+   */
+  offer(chunk: Buffer, offset: number): void {
+    if (!this.#waiting) return;
+    const from = this.#position - offset;
+    const chunkEnd = offset + chunk.length;
+    if (from < 0 || from >= chunk.length || chunkEnd > this.#write.holdBack) return;
+    const stop = Math.min(this.#last() + 1, chunkEnd);
+    const whole = from === 0 && stop === chunkEnd;
+    this.#position = stop;
+    const more = this.push(whole ? chunk : chunk.subarray(from, stop - offset));
+    if (more && whole && this.#position <= this.#last()) return; // still caught up: stay waiting
+    this.#waiting = false;
+    if (more) this.#pump(); // ends, or goes on from storage
+  }
+
+  /** More bytes are stored, or the write was sealed: a waiting follower reads on. */
+  wake(): void {
+    if (!this.#waiting) return; // busy, or its consumer has not asked for more: _read will go on
+    this.#waiting = false;
+    this.#pump();
+  }
+
+  /** The write failed before it was sealed. */
+  fail(error: Error): void {
+    if (!this.#done) this.destroy(error);
+  }
+
+  override _read(): void {
+    this.#waiting = false;
+    this.#pump();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#finish();
+    callback(error);
+  }
+
+  /** Last byte (inclusive) this follower wants, as far as is known now. */
+  #last(): number {
+    const { total } = this.#write;
+    return Math.min(this.#end ?? Infinity, total === undefined ? Infinity : total - 1);
+  }
+
+  #pump(): void {
+    if (this.#done) return;
+    if (this.#pumping) {
+      this.#pumpAgain = true;
+      return;
+    }
+    this.#pumping = true;
+    this.#step()
+      .catch((error: unknown) => this.destroy(error as Error))
+      .finally(() => {
+        this.#pumping = false;
+        if (this.#pumpAgain) {
+          this.#pumpAgain = false;
+          this.#pump();
+        }
+      });
+  }
+
+  /** Delivers what is stored for this follower until its consumer is full; or ends, or waits. */
+  async #step(): Promise<void> {
+    for (;;) {
+      const last = this.#last();
+      if (this.#position > last) {
+        this.#done = true;
+        this.push(null);
+        return;
+      }
+      const write = this.#write;
+      const available = Math.min(write.written, write.holdBack, last + 1) - this.#position;
+      if (available <= 0) {
+        this.#waiting = true;
+        return;
+      }
+      const buffer = Buffer.allocUnsafe(Math.min(available, FOLLOW_CHUNK));
+      const bytesRead = await write.read(buffer, this.#position);
+      if (this.#done || this.destroyed) return;
+      if (bytesRead <= 0) throw new Error('stored content shrank while being followed');
+      this.#position += bytesRead;
+      if (!this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))) return;
+    }
+  }
+
+  /** Delivers nothing more and lets go of the write (once). */
+  #finish(): void {
+    this.#done = true;
+    this.#waiting = false;
+    if (this.#released) return;
+    this.#released = true;
+    this.#onDone();
+  }
+}
