@@ -58,6 +58,11 @@ export interface DocxyOptions {
   label: string;
   /** The pull-through cache on (docxy's default) or off (a pure pass-through proxy). */
   cache: boolean;
+  /**
+   * nginx in front (deploy/nginx/docxy.conf): hits answered with `X-Accel-Redirect: <prefix>...`
+   * to the trusted proxy on 127.0.0.1.
+   */
+  accelRedirectPrefix?: string;
 }
 
 export interface Docxy {
@@ -82,7 +87,8 @@ export async function startDocxy(dir: string, upstreamUrl: string, cleanup: Clea
     dataDir,
     logLevel: 'warn',
     upstreams: { 'docker.io': { url: upstreamUrl } },
-    cache: { enabled: options.cache },
+    cache: { enabled: options.cache, ...(options.accelRedirectPrefix !== undefined ? { accelRedirect: { prefix: options.accelRedirectPrefix } } : {}) },
+    ...(options.accelRedirectPrefix !== undefined ? { trustedProxies: ['127.0.0.1'] } : {}),
   };
   await writeFile(configPath, `${JSON.stringify(config, null, 2)}\n`);
   const service = startService({

@@ -21,6 +21,10 @@ export interface ClientResult {
   bytes: number;
   /** curl's time_total. */
   seconds: number;
+  /** curl's time_starttransfer: when the first byte of the answer arrived. */
+  firstByteS: number;
+  /** When the client was spawned, from the spawn of the first (set by parallelCurl). */
+  startedAtS?: number;
   /** `sha256:<hex>` of the bytes, for the one client whose bytes are hashed. */
   digest?: string;
   error?: string;
@@ -32,7 +36,7 @@ export interface ParallelPull {
   wallS: number;
 }
 
-const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+)$/;
+const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+) ([\d.]+)$/;
 
 /** One curl GET; its body to /dev/null, or hashed here when `hash` is set. */
 function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<ClientResult> {
@@ -46,7 +50,7 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<Clie
       String(Math.ceil(timeoutMs / 1000)),
       // %{stderr}: the numbers go to stderr, so stdout carries only the body when it is hashed.
       '--write-out',
-      '%{stderr}\\n%{http_code} %{size_download} %{time_total}\\n',
+      '%{stderr}\\n%{http_code} %{size_download} %{time_total} %{time_starttransfer}\\n',
       url,
     ];
     const child = spawn('curl', args, { stdio: ['ignore', hash ? 'pipe' : 'ignore', 'pipe'] });
@@ -66,7 +70,7 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<Clie
       clearTimeout(timer);
       resolve(result);
     };
-    child.once('error', (error) => finish({ status: 0, bytes: 0, seconds: 0, error: error.message }));
+    child.once('error', (error) => finish({ status: 0, bytes: 0, seconds: 0, firstByteS: 0, error: error.message }));
     child.once('close', (code, signal) => {
       const lines = Buffer.concat(err).toString('utf8').split('\n').map((line) => line.trim());
       const match = lines
@@ -74,8 +78,8 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<Clie
         .filter((m) => m !== null)
         .pop();
       const result: ClientResult = match
-        ? { status: Number(match[1]), bytes: Number(match[2]), seconds: Number(match[3]) }
-        : { status: 0, bytes: 0, seconds: 0 };
+        ? { status: Number(match[1]), bytes: Number(match[2]), seconds: Number(match[3]), firstByteS: Number(match[4]) }
+        : { status: 0, bytes: 0, seconds: 0, firstByteS: 0 };
       if (sha) {
         result.digest = `sha256:${sha.digest('hex')}`;
         if (hashed !== result.bytes) result.error = `curl counted ${result.bytes} bytes, ${hashed} arrived here`;
@@ -89,7 +93,12 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): Promise<Clie
 /** `count` concurrent GETs of `url` (the first one hashed if `hashOne`); all are spawned at once. */
 export async function parallelCurl(url: string, count: number, hashOne: boolean, timeoutMs: number): Promise<ParallelPull> {
   const started = performance.now();
-  const clients = await Promise.all(Array.from({ length: count }, (_, i) => curlClient(url, hashOne && i === 0, timeoutMs)));
+  const clients = await Promise.all(
+    Array.from({ length: count }, (_, i) => {
+      const startedAtS = (performance.now() - started) / 1000;
+      return curlClient(url, hashOne && i === 0, timeoutMs).then((c) => ({ ...c, startedAtS }));
+    }),
+  );
   return { clients, wallS: (performance.now() - started) / 1000 };
 }
 
@@ -100,6 +109,10 @@ export interface ColdPullResult {
   wallS: number;
   /** curl's time_total over the clients. */
   clientSeconds: { min: number; median: number; max: number };
+  /** curl's time_starttransfer over the clients: when each got its first byte. */
+  firstByteSeconds: { min: number; median: number; max: number };
+  /** Per client (in spawn order): spawned and first byte, seconds from the spawn of the first client. */
+  timeline: { startedAtS: number; firstByteAtS: number }[];
   /** All clients' bytes / wall time. */
   aggregateMiBps: number;
   /** Clients that got status 200 and every byte. */
@@ -109,6 +122,8 @@ export interface ColdPullResult {
   sha256?: { digest: string; ok: boolean };
   /** Counted by the upstream (its access log) over the phase. */
   upstream: UpstreamBlobCount;
+  /** The proxy measured (docxy unless `start` says otherwise). */
+  proxy: string;
   /** docxy's `/ready` counters, grown over the phase. */
   docxy?: { fills: number; bytesFetchedUpstream: number; fillFailures: number; resumes: number; requests: Record<string, number> };
   /** CPU-seconds per wall-second over the phase. */
@@ -121,10 +136,14 @@ export interface ColdPullOptions {
   name: string;
   clients: number;
   hashOne: boolean;
-  /** A directory for the fresh docxy (removed when done). */
+  /** A directory for the fresh proxy (removed when done). */
   dir: string;
-  /** The upstream, with its access log on. */
+  /** The upstream, with its access log on: where the blob GETs are counted. */
   upstream: Upstream;
+  /** Where the proxy fetches from (default: the upstream itself; e.g. a throttle in front of it). */
+  originUrl?: string;
+  /** Starts the fresh proxy with an empty cache (default: docxy, with its `/ready` counters cross-checked). */
+  start?: (dir: string, originUrl: string) => Promise<ColdProxy>;
   blobPath: string;
   size: number;
   digest: string;
@@ -135,6 +154,17 @@ export interface ColdPullOptions {
   progress: (message: string) => void;
 }
 
+/** A caching proxy started empty for one cold-pull phase. */
+export interface ColdProxy {
+  name: string;
+  url: string;
+  pid: number;
+  /** docxy, whose `/ready` counters are read and cross-checked. */
+  isDocxy: boolean;
+  /** Stops it and removes its directory. */
+  stop(): Promise<void>;
+}
+
 /** How long the upstream's log line and docxy's counters may lag the last client. */
 const SETTLE_TIMEOUT_MS = 15_000;
 /** After the expected numbers are in: time for anything extra (a second GET) to show up. */
@@ -142,18 +172,23 @@ const SETTLE_EXTRA_MS = 500;
 
 export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult> {
   const { upstream, size } = options;
-  const docxy = await startDocxy(options.dir, upstream.url, options.cleanup, { label: options.name, cache: true });
+  const originUrl = options.originUrl ?? upstream.url;
+  const proxy = options.start
+    ? await options.start(options.dir, originUrl)
+    : await startDocxy(options.dir, originUrl, options.cleanup, { label: options.name, cache: true }).then(
+        (d): ColdProxy => ({ name: 'docxy', url: d.url, pid: d.service.pid, isDocxy: true, stop: () => d.stop() }),
+      );
   try {
-    const idleMiB = readMemory(docxy.service.pid).rssMiB;
-    await options.quiet(options.name, { [options.name]: docxy.service.pid });
-    const before = await cacheReport(docxy.url);
+    const idleMiB = readMemory(proxy.pid).rssMiB;
+    await options.quiet(options.name, { [options.name]: proxy.pid });
+    const before = proxy.isDocxy ? await cacheReport(proxy.url) : undefined;
     const offset = await logOffset(upstream.service.logPath);
-    options.progress(`${options.name}: ${options.clients} concurrent cold GET(s) of ${size / 2 ** 20} MiB through a fresh docxy`);
-    const rss = new RssSampler(docxy.service.pid, 100);
-    const meter = new CpuMeter({ proxy: docxy.service.pid, registry: upstream.service.pid });
+    options.progress(`${options.name}: ${options.clients} concurrent cold GET(s) of ${size / 2 ** 20} MiB through a fresh ${proxy.name}`);
+    const rss = new RssSampler(proxy.pid, 100);
+    const meter = new CpuMeter({ proxy: proxy.pid, registry: upstream.service.pid });
     let pull: ParallelPull;
     try {
-      pull = await parallelCurl(`${docxy.url}${options.blobPath}`, options.clients, options.hashOne, options.timeoutMs);
+      pull = await parallelCurl(`${proxy.url}${options.blobPath}`, options.clients, options.hashOne, options.timeoutMs);
     } catch (error) {
       rss.cancel();
       throw error;
@@ -167,14 +202,14 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
     const deadline = Date.now() + SETTLE_TIMEOUT_MS;
     for (;;) {
       count = countBlobRequests(await readAccessLog(upstream.service.logPath, offset), options.blobPath);
-      after = await cacheReport(docxy.url);
+      after = proxy.isDocxy ? await cacheReport(proxy.url) : undefined;
       const docxySettled = !before || !after || after.bytesFetchedUpstream - before.bytesFetchedUpstream >= size || after.fillFailures > before.fillFailures;
       if ((count.blobBytes >= size && docxySettled) || Date.now() >= deadline) break;
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     await new Promise((resolve) => setTimeout(resolve, SETTLE_EXTRA_MS));
     count = countBlobRequests(await readAccessLog(upstream.service.logPath, offset), options.blobPath);
-    after = await cacheReport(docxy.url);
+    after = proxy.isDocxy ? await cacheReport(proxy.url) : undefined;
     const memory = rss.stop();
 
     const failures: string[] = [];
@@ -184,13 +219,19 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
       }
     });
     const hashed = pull.clients.find((c) => c.digest !== undefined);
-    const seconds = pull.clients.map((c) => c.seconds).sort((a, b) => a - b);
+    const spread = (values: number[]) => {
+      const sorted = [...values].sort((a, b) => a - b);
+      return { min: sorted[0]!, median: sorted[Math.floor(sorted.length / 2)]!, max: sorted[sorted.length - 1]! };
+    };
     const totalBytes = pull.clients.reduce((sum, c) => sum + c.bytes, 0);
     const result: ColdPullResult = {
       name: options.name,
       clients: options.clients,
       wallS: pull.wallS,
-      clientSeconds: { min: seconds[0]!, median: seconds[Math.floor(seconds.length / 2)]!, max: seconds[seconds.length - 1]! },
+      proxy: proxy.name,
+      clientSeconds: spread(pull.clients.map((c) => c.seconds)),
+      firstByteSeconds: spread(pull.clients.map((c) => c.firstByteS)),
+      timeline: pull.clients.map((c) => ({ startedAtS: c.startedAtS ?? 0, firstByteAtS: (c.startedAtS ?? 0) + c.firstByteS })),
       aggregateMiBps: totalBytes / 2 ** 20 / pull.wallS,
       complete: pull.clients.length - failures.length,
       failures,
@@ -216,6 +257,6 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
     }
     return result;
   } finally {
-    await docxy.stop();
+    await proxy.stop();
   }
 }

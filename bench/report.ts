@@ -3,6 +3,8 @@ import type { BlobBenchmark } from './blob-throughput.ts';
 import type { ColdPullResult } from './fanout.ts';
 import type { HeadLatency } from './head-latency.ts';
 import { peakOf, type RssSummary } from './rss-sampler.ts';
+import { NGINX_FRONT_DESCRIPTION } from './nginx-reference.ts';
+import type { PeerResults, ScoreRow } from './scorecard.ts';
 import type { WrkResult } from './wrk.ts';
 
 export const TARGETS = { throughputRatio: 0.8, peakRssMiB: 150 } as const;
@@ -172,6 +174,10 @@ export interface BenchResults {
     load: LoadRun[];
     headLatency: Record<string, HeadLatency>;
   };
+  /** The peers (Distribution proxy, nginx proxy_cache) and the realistic origin, same run. */
+  peers: PeerResults;
+  /** The performance issue's table: every ratio it names, each target PASS/FAIL. */
+  scorecard: ScoreRow[];
   problems: string[];
   /** Reasons to distrust the numbers (a busy machine, an unexpected cache outcome, no reference). */
   warnings: string[];
@@ -358,6 +364,9 @@ export function formatReport(r: BenchResults): string {
   out.push(...formatCacheIssue(r));
   out.push('');
 
+  out.push(...formatScorecard(r));
+  out.push('');
+
   out.push(r.problems.length === 0 ? 'Result: all targets met.' : `Result: ${r.problems.length} problem(s):`);
   for (const problem of r.problems) out.push(`  - ${problem}`);
   for (const warning of r.warnings) out.push(`  warning: ${warning}`);
@@ -436,6 +445,21 @@ function formatCacheIssue(r: BenchResults): string[] {
   rows.push(['peak RSS, every phase', `${cachePeak.toFixed(1)} MiB`, '', '', `< ${r.memory.targets.cacheMiB} MiB`, verdict(cachePeak < r.memory.targets.cacheMiB)]);
   rows.push(['peak RSS, cache off (pass-through)', `${passPeak.toFixed(1)} MiB`, '', '', `< ${r.memory.targets.passThroughMiB} MiB`, verdict(passPeak < r.memory.targets.passThroughMiB)]);
   return ['Cache issue: targets', table(['measure', 'docxy', 'reference', 'ratio', 'target', 'verdict'], rows)];
+}
+
+function formatScorecard(r: BenchResults): string[] {
+  const p = r.peers;
+  const out = ['Peers, side by side (same run, same registry):'];
+  for (const [name, description] of Object.entries(p.descriptions)) out.push(`  ${name}: ${description}${p.verified[name as keyof typeof p.verified] ? ' (sha256 ok)' : ' (sha256 MISMATCH)'}`);
+  const front = p.verified['docxy-nginx-front'];
+  if (front !== undefined) out.push(`  docxy-nginx-front: ${NGINX_FRONT_DESCRIPTION}${front ? ' (sha256 ok)' : ' (sha256 MISMATCH)'}`);
+  out.push(`  realistic origin: ${p.realistic.throttle.description}`);
+  const fb = Object.values(p.fanout)[0];
+  out.push(`  fan-out: ${fb?.clients ?? '?'} curl clients, one of them hashed; first byte = curl time_starttransfer min/median/max`);
+  out.push('');
+  out.push('Performance issue: every ratio');
+  out.push(table(['measure', 'docxy', 'reference', 'ratio', 'target', 'verdict'], r.scorecard.map((row) => [row.measure, row.docxy, row.reference, row.ratio, row.target, row.verdict])));
+  return out;
 }
 
 function describeCheck(c: ManifestCheck): string {

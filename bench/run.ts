@@ -14,9 +14,16 @@
 //   7. tables on stdout (the cache issue's targets side by side) and bench/results/latest.json
 //
 // Everything started is stopped by pid and every temp file removed, also on failure and Ctrl-C.
-// For a quick try: DOCXY_BENCH_BLOB_MIB=64 DOCXY_BENCH_WRK_SECONDS=2 npm run bench
-// (the fan-out blob is a quarter of the big one unless DOCXY_BENCH_FANOUT_MIB says otherwise;
-// DOCXY_BENCH_FANOUT_CLIENTS, default 50).
+//   8. the peers on the same registry: Distribution in proxy mode and nginx proxy_cache +
+//      proxy_cache_lock (cold and warm blob GETs, fan-out, Distribution's manifest HEAD), and a
+//      realistic origin (the registry behind a throttle: one shared uplink, a delay per
+//      connection) with cold GETs and fan-out through docxy and both peers (peers.ts); the
+//      performance issue's ratios in one table, PASS/FAIL (scorecard.ts)
+//
+// For a quick try: `npm run bench -- --quick` (or DOCXY_BENCH_QUICK=1): a 256 MiB blob, 1 run per
+// target, a 16 MiB fan-out blob, 2 s loads. Sizes: DOCXY_BENCH_BLOB_MIB (1024),
+// DOCXY_BENCH_FANOUT_MIB (64), DOCXY_BENCH_FANOUT_CLIENTS (50); the realistic origin:
+// DOCXY_BENCH_UPLINK_MIBPS (200), DOCXY_BENCH_UPLINK_DELAY_MS (20).
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
@@ -49,23 +56,31 @@ import {
   type Verification,
 } from './report.ts';
 import { peakOf, readMemory, RssSampler, type RssSummary } from './rss-sampler.ts';
+import { coldTarget, fanoutThrough, headLoads, PEER_DESCRIPTIONS, runRealisticOrigin, startWarmPeer } from './peers.ts';
+import { scorecard, scoreProblems, type PeerResults } from './scorecard.ts';
 import { pushImage, SCHEMA2_MANIFEST, startUpstream } from './upstream.ts';
 import { runWrk, type WrkOptions } from './wrk.ts';
 
-const BLOB_MIB = positiveEnv('DOCXY_BENCH_BLOB_MIB', 1024);
+const QUICK = process.argv.includes('--quick') || process.env.DOCXY_BENCH_QUICK === '1';
+const BLOB_MIB = positiveEnv('DOCXY_BENCH_BLOB_MIB', QUICK ? 256 : 1024);
 const BLOB_BYTES = BLOB_MIB * 2 ** 20;
-const FANOUT_BLOB_BYTES = positiveEnv('DOCXY_BENCH_FANOUT_MIB', Math.max(1, Math.round(BLOB_MIB / 4))) * 2 ** 20;
+const FANOUT_BLOB_BYTES = positiveEnv('DOCXY_BENCH_FANOUT_MIB', QUICK ? 16 : 64) * 2 ** 20;
 const FANOUT_CLIENTS = positiveEnv('DOCXY_BENCH_FANOUT_CLIENTS', 50);
-/** 50 x 256 MiB through docxy: seconds when it works; bounded when it does not. */
+/** 50 x the fan-out blob through one proxy: seconds when it works; bounded when it does not. */
 const FANOUT_TIMEOUT_MS = 150_000;
-const WRK_SECONDS = positiveEnv('DOCXY_BENCH_WRK_SECONDS', 10);
-const RUNS_PER_TARGET = 3;
+const WRK_SECONDS = positiveEnv('DOCXY_BENCH_WRK_SECONDS', QUICK ? 2 : 5);
+const HEAD_LOAD_SECONDS = QUICK ? 2 : 5;
+const HEAD_LOAD_CONNECTIONS = 32;
+const RUNS_PER_TARGET = QUICK ? 1 : 3;
+/** Cold pulls on the realistic origin: the throttle makes them steady, and each costs seconds. */
+const REALISTIC_RUNS = 1;
+const UPLINK = { rateMiBps: positiveEnv('DOCXY_BENCH_UPLINK_MIBPS', 200), connectDelayMs: positiveEnv('DOCXY_BENCH_UPLINK_DELAY_MS', 20) };
 const HEAD_SAMPLES = 500;
 const BLOB_RUN_TIMEOUT_MS = 120_000;
 /** Other work on the machine above this many cores makes the numbers unreliable. */
 const QUIET_THRESHOLD_CORES = 0.25;
-const QUIET_MAX_WAIT_MS = 30_000;
-const OVERALL_TIMEOUT_MS = 8 * 60_000;
+const QUIET_MAX_WAIT_MS = 15_000;
+const OVERALL_TIMEOUT_MS = 10 * 60_000;
 const REPOSITORY = 'bench/big';
 const TAG = '1';
 const FANOUT_REPOSITORY = 'bench/fanout';
@@ -125,6 +140,9 @@ async function benchmark(): Promise<BenchResults> {
     pass: pass.service.pid,
     cached: cached.service.pid,
     ...(nginx ? { nginx: nginx.service.pid } : {}),
+    // Started after this is defined, before it is first called.
+    distributionProxy: warmDistribution.proxy.pid,
+    nginxProxyCache: warmNginx.proxy.pid,
   });
   const quiet = async (phase: string, extraPids: Record<string, number> = {}) => {
     const state = await waitForQuietMachine({ ...ourPids(), ...extraPids }, QUIET_THRESHOLD_CORES, QUIET_MAX_WAIT_MS);
@@ -147,6 +165,20 @@ async function benchmark(): Promise<BenchResults> {
   };
   // The first GET through the cache-on instance is a miss that fills it; the second, a hit.
   const verified = [await verify('docxy-pass', pass), await verify('docxy-miss', cached), await verify('docxy-hit', cached)];
+
+  // --- the peers, filled with the blob (a verified GET each) for warm pulls and manifest load ---
+  progress('starting the peers (Distribution proxy, nginx proxy_cache) and filling them');
+  const warmDistribution = await startWarmPeer('distribution-proxy', join(tmp, 'distribution-proxy-warm'), upstream.url, blobPath, image.layer.digest, cleanup, BLOB_RUN_TIMEOUT_MS);
+  if (!nginx) throw new Error('nginx is not installed: the peers need it (nginx proxy_cache)');
+  const warmNginx = await startWarmPeer('nginx-proxy-cache', join(tmp, 'nginx-proxy-cache-warm'), upstream.url, blobPath, image.layer.digest, cleanup, BLOB_RUN_TIMEOUT_MS);
+  // docxy behind the nginx front (X-Accel-Redirect): filled through nginx (a miss docxy streams),
+  // then hits that nginx sends. Still being built: if it does not start, the run goes on without it.
+  const front = await startWarmPeer('docxy-nginx-front', join(tmp, 'docxy-nginx-front-warm'), upstream.url, blobPath, image.layer.digest, cleanup, BLOB_RUN_TIMEOUT_MS).catch((error: unknown) => {
+    const warning = `the nginx front was not measured: ${(error as Error).message.split('\n')[0]}`;
+    warnings.push(warning);
+    progress(warning);
+    return undefined;
+  });
 
   // --- nginx serving the very file docxy-hit serves: docxy's cached copy, with sendfile ---
   const cachedFile = cachedBlobPath(cached.dataDir, image.layer.digest);
@@ -203,6 +235,11 @@ async function benchmark(): Promise<BenchResults> {
     },
     ...(nginxSendfile ? [{ name: 'nginx-sendfile', open: async () => ({ url: `${nginxSendfile!.url}${sendfilePath}`, proxyPid: nginxSendfile!.service.pid }) }] : []),
     ...(nginx ? [{ name: 'nginx', open: async () => ({ url: `${nginx.url}${blobPath}`, proxyPid: nginx.service.pid }) }] : []),
+    coldTarget('distribution-proxy-cold', 'distribution-proxy', upstream.url, blobPath, tmp, cleanup, []),
+    { name: 'distribution-proxy-warm', open: async () => ({ url: `${warmDistribution.proxy.url}${blobPath}`, proxyPid: warmDistribution.proxy.pid }) },
+    coldTarget('nginx-proxy-cache-cold', 'nginx-proxy-cache', upstream.url, blobPath, tmp, cleanup, []),
+    { name: 'nginx-proxy-cache-warm', open: async () => ({ url: `${warmNginx.proxy.url}${blobPath}`, proxyPid: warmNginx.proxy.pid }) },
+    ...(front ? [{ name: 'docxy-nginx-front', open: async () => ({ url: `${front.proxy.url}${blobPath}`, proxyPid: front.proxy.pid }) }] : []),
   ];
   const quietBeforeBlob = await quiet('blob runs');
   progress(`blob runs: ${RUNS_PER_TARGET} x (${targets.map((x) => x.name).join(', ')})`);
@@ -255,6 +292,23 @@ async function benchmark(): Promise<BenchResults> {
     `  ${FANOUT_CLIENTS} clients: ${fanout.wallS.toFixed(2)} s, ${fanout.complete}/${FANOUT_CLIENTS} complete; upstream blob GETs ${fanout.upstream.blobGets}, ${(fanout.upstream.blobBytes / 2 ** 20).toFixed(1)} MiB`,
   );
 
+  // --- the peers' fan-out on the same blob and registry, then the realistic origin ---
+  const fanoutContext = { upstream: fanoutUpstream, image: fanoutImage, clients: FANOUT_CLIENTS, cleanup, timeoutMs: FANOUT_TIMEOUT_MS, quiet, progress };
+  const peerFanout = {
+    'distribution-proxy': await fanoutThrough('distribution-proxy', 'fanout-distribution-proxy', join(tmp, 'fanout-distribution-proxy'), fanoutContext),
+    'nginx-proxy-cache': await fanoutThrough('nginx-proxy-cache', 'fanout-nginx-proxy-cache', join(tmp, 'fanout-nginx-proxy-cache'), fanoutContext),
+  };
+  const realistic = await runRealisticOrigin({
+    ...fanoutContext,
+    dir: join(tmp, 'realistic'),
+    bigUpstream: upstream,
+    bigImage: image,
+    throttle: UPLINK,
+    runs: REALISTIC_RUNS,
+    front: front !== undefined,
+    timeoutMs: FANOUT_TIMEOUT_MS,
+  });
+
   // --- manifest: correctness of HEAD, sequential HEAD latency, then load ---
   const manifestPath = `/v2/${REPOSITORY}/manifests/${TAG}`;
   const manifestTargets: { name: string; url: string; proxyPid?: number; docxyPid?: number }[] = [
@@ -277,6 +331,14 @@ async function benchmark(): Promise<BenchResults> {
   for (const target of manifestTargets.filter((x) => x.name !== 'nginx')) {
     headLatency[target.name] = await measureHeadLatency(target.url, { accept: SCHEMA2_MANIFEST }, HEAD_SAMPLES, 30_000);
   }
+
+  progress(`manifest HEAD load: ${HEAD_LOAD_CONNECTIONS} connections, ${HEAD_LOAD_SECONDS} s each`);
+  const headLoad = await headLoads(
+    { direct: manifestTargets[0]!.url, 'docxy-cache': `${cached.url}${manifestPath}`, 'distribution-proxy': `${warmDistribution.proxy.url}${manifestPath}` },
+    HEAD_LOAD_CONNECTIONS,
+    HEAD_LOAD_SECONDS,
+    progress,
+  );
 
   const wrkBase: Omit<WrkOptions, 'url'> = {
     method: 'HEAD',
@@ -362,6 +424,17 @@ async function benchmark(): Promise<BenchResults> {
     const errors = run.errors.connect + run.errors.read + run.errors.write + run.errors.timeout + run.errors.status;
     if (errors > 0) problems.push(`wrk ${run.target}: ${errors} errors ${JSON.stringify(run.errors)}`);
   }
+  const peers: PeerResults = {
+    descriptions: PEER_DESCRIPTIONS,
+    verified: { 'distribution-proxy': warmDistribution.verified, 'nginx-proxy-cache': warmNginx.verified, ...(front ? { 'docxy-nginx-front': front.verified } : {}) },
+    fanout: peerFanout,
+    realistic,
+    headLoad,
+  };
+  for (const [name, ok] of Object.entries(peers.verified)) if (!ok) problems.push(`bytes through ${name} do not hash to ${image.layer.digest}`);
+  const docxyPeakRssMiB = Math.max(...phases.map((p) => p.peakMiB), realistic.docxyColdPeakMiB, peakOf(realistic.fanout.docxy.rss));
+  const scoreRows = scorecard({ blob: blobRuns, docxyFanout: fanout, peers, fanoutSizeBytes: fanoutImage.layer.size, docxyPeakRssMiB });
+  problems.push(...scoreProblems(scoreRows));
   const noisy = [...blobRuns.runs.map((r) => r.cpu.other), single.cpu.other, fanout.cpu.other, ...load.map((r) => r.cpu.other)].filter((other) => other > QUIET_THRESHOLD_CORES);
   if (noisy.length > 0) warnings.push(`${noisy.length} measurement(s) ran while other processes used > ${QUIET_THRESHOLD_CORES * 100}% CPU (see the "other" columns)`);
 
@@ -388,6 +461,8 @@ async function benchmark(): Promise<BenchResults> {
     memory: { modes: memory, target: TARGETS.peakRssMiB, phases, targets: { passThroughMiB: TARGETS.peakRssMiB, cacheMiB: CACHE_TARGETS.peakRssMiB } },
     cache,
     manifest: { method: wrkBase.method, accept: SCHEMA2_MANIFEST, ...(note ? { note } : {}), check, load, headLatency },
+    peers,
+    scorecard: scoreRows,
     problems,
     warnings,
   };

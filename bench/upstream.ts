@@ -30,6 +30,11 @@ export interface UpstreamOptions {
    * default: the registry should spend its CPU on serving.
    */
   accessLog?: boolean;
+  /**
+   * Distribution as a pull-through cache (`proxy: remoteurl:`) of this registry instead of an
+   * origin: it stores what it fetches in its own storage and serves it from there afterwards.
+   */
+  proxyRemoteUrl?: string;
 }
 
 export async function startUpstream(dir: string, cleanup: Cleanup, options: UpstreamOptions = {}): Promise<Upstream> {
@@ -47,6 +52,7 @@ export async function startUpstream(dir: string, cleanup: Cleanup, options: Upst
       maintenance: { uploadpurging: { enabled: false } },
     },
     http: { addr: `127.0.0.1:${port}`, secret: 'docxy-bench-not-a-secret' },
+    ...(options.proxyRemoteUrl !== undefined ? { proxy: { remoteurl: options.proxyRemoteUrl } } : {}),
   };
   await writeFile(configPath, `${JSON.stringify(config, null, 2)}\n`);
   const service = startService({

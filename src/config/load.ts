@@ -141,6 +141,13 @@ function crossFieldProblems(raw: unknown): ConfigProblem[] {
       }
     });
   }
+  const cache = isRecord(input.cache) ? input.cache : {};
+  if (cache.accelRedirect !== undefined && !(Array.isArray(input.trustedProxies) && input.trustedProxies.length > 0)) {
+    problems.push({
+      path: 'cache.accelRedirect',
+      message: 'needs trustedProxies: X-Accel-Redirect is only sent to the nginx in front (e.g. trustedProxies: ["127.0.0.1"])',
+    });
+  }
   return problems;
 }
 

@@ -92,6 +92,11 @@ const byteSize = z.union([z.number().int().nonnegative(), z.string()]).transform
   return parsed;
 });
 
+/** An nginx location prefix such as "/_docxy_blobs/": an absolute path ending in "/", URL-safe characters only. */
+const accelPrefix = z.string().refine((value) => /^\/(?:[A-Za-z0-9._~-]+\/)+$/.test(value) && !/(^|\/)\.\.?\//.test(value), {
+  error: (issue) => `expected an absolute URL path ending in "/" such as "/_docxy_blobs/", got ${JSON.stringify(issue.input)}`,
+});
+
 const cacheSchema = z.strictObject({
   /** Off: a pure pass-through proxy (nothing stored). */
   enabled: z.boolean().default(true),
@@ -117,6 +122,12 @@ const cacheSchema = z.strictObject({
   visibilityTtlSeconds: z.number().int().positive().default(3600),
   /** How long a client's proven access to a private repository is remembered. */
   accessTtlSeconds: z.number().int().positive().default(300),
+  /**
+   * nginx in front: a GET of a stored blob that came through a trusted proxy (`trustedProxies`)
+   * is answered with headers only and `X-Accel-Redirect: <prefix><alg>/<xx>/<hex>`, for nginx to
+   * send the file itself from an `internal` location aliasing `<dataDir>/blobs/`.
+   */
+  accelRedirect: z.strictObject({ prefix: accelPrefix }).optional(),
 });
 
 /** How docxy's own listeners treat clients: slow or greedy ones must not exhaust the server. */

@@ -75,6 +75,16 @@ export class BlobService {
     if (range === 'unsatisfiable') throw rangeNotSatisfiable(size);
     const headers = blobHeaders(digest, size, range);
     if (outcome === 'stale') headers.warning = STALE_WARNING;
+    if (request.accel && request.method === 'GET') {
+      // The front proxy sends the file (and answers the Range itself, from the file): headers
+      // only, without a length or range of docxy's own. Every decision has been made by now.
+      delete headers['content-length'];
+      delete headers['content-range'];
+      delete headers['accept-ranges']; // nginx sends its own for the file
+      const bytes = range ? range.end - range.start + 1 : size;
+      const path = contentKey('blob', digest).slice('blobs/'.length);
+      return { status: 200, headers, source: 'cache', cache: outcome, accel: { path, bytes } };
+    }
     const unpin = this.options.evictor.pin(contentKey('blob', digest));
     if (request.method === 'HEAD') {
       unpin();

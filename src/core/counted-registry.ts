@@ -3,8 +3,8 @@ import type { Registry, RegistryRequest, RegistryResponse } from './registry.ts'
 
 /**
  * The registry with the cache's counters counted where its answers are made: each answer's
- * outcome when it is decided, its body bytes once the answer is written (whoever writes it
- * reports them through `sent`: no extra stream on the way).
+ * outcome when it is decided, its body bytes as they go out (whoever writes the answer reports
+ * them through `sent`: no extra stream on the way).
  */
 export function withCacheCounters(registry: Registry, stats: CacheStats): Registry {
   return {
@@ -20,7 +20,7 @@ function counted(stats: CacheStats, request: RegistryRequest, response: Registry
   stats.count(response.cache);
   // Only a body that is sent is counted (HEAD, 204 and 304 answers send none).
   const sent = request.method !== 'HEAD' && response.status !== 204 && response.status !== 304;
-  if (!response.body || !sent) return response;
+  if ((!response.body && !response.accel) || !sent) return response;
   const outcome = response.cache;
   return { ...response, sent: (bytes) => stats.countSent(outcome, bytes) };
 }

@@ -12,6 +12,11 @@ export interface RegistryRequest {
   headers: HeaderValues;
   /** Aborted when the client goes away before the answer is complete. */
   signal: AbortSignal;
+  /**
+   * The request came through the trusted nginx in front, which sends stored blobs itself
+   * (`cache.accelRedirect`): a hit is answered with `accel` instead of a body.
+   */
+  accel?: boolean;
 }
 
 import type { CacheOutcome } from '../observability/cache-stats.ts';
@@ -27,7 +32,12 @@ export interface RegistryResponse {
   source: 'upstream' | 'cache';
   /** What the cache did, for the request log and counters (absent without a cache). */
   cache?: CacheOutcome;
-  /** Told by whoever writes the answer, once it ends, how many body bytes reached the client. */
+  /**
+   * A stored blob for the front proxy to send itself: its path under the blobs tree
+   * (`sha256/ab/abcd...`) and the body bytes that will reach the client (the whole blob or the range).
+   */
+  accel?: { path: string; bytes: number };
+  /** Told by whoever writes the answer of the body bytes as they go to the client (counters stay current). */
   sent?(bytes: number): void;
 }
 

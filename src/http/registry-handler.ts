@@ -6,7 +6,7 @@ import { withDocxyRealm } from '../core/docxy-challenge.ts';
 import { UpstreamRefusal } from '../core/errors.ts';
 import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
-import { publicBase } from './public-base.ts';
+import { isTrustedProxy, publicBase } from './public-base.ts';
 import { parseRegistryPath } from './registry-path.ts';
 import { sendProxyResponse } from './response-writer.ts';
 
@@ -49,6 +49,10 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
   log.repo = target.repository;
   log.mode = target.mode;
   const request: RegistryRequest = { target, method: method!, headers: forwardedRequestHeaders(req), signal };
+  // Only the trusted nginx in front, which says it takes X-Accel-Redirect (its site config sets
+  // X-Docxy-Accel), gets one; anyone else, a local client on the proxy's address included, gets the bytes.
+  const accelPrefix = ctx.config.cache.accelRedirect?.prefix;
+  if (accelPrefix !== undefined && req.headers['x-docxy-accel'] === 'on' && isTrustedProxy(req, ctx.config.trustedProxies)) request.accel = true;
   const query = forwardedQuery(url);
   const realm = realmFor(target.upstream);
   let response;
@@ -74,7 +78,7 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
     // An upstream refusal's challenge (an access check's 401) points at docxy's token endpoint too.
     throw error instanceof UpstreamRefusal ? error.withHeaders(withDocxyRealm(error.headers, realm)) : error;
   }
-  await sendProxyResponse(res, response, log, (headers) => withDocxyRealm(headers, realm));
+  await sendProxyResponse(res, response, log, (headers) => withDocxyRealm(headers, realm), request.accel ? accelPrefix : undefined);
   return true;
 };
 

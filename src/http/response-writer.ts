@@ -15,8 +15,12 @@ export async function sendProxyResponse(
   response: RegistryResponse,
   log: RequestLog,
   rewriteHeaders: (headers: HeaderValues) => HeaderValues = (headers) => headers,
+  accelPrefix?: string,
 ): Promise<void> {
   const headers = rewriteHeaders(forwardableResponseHeaders(response.headers));
+  // X-Accel-* from anywhere else (an upstream's answer) would make the nginx in front serve
+  // what docxy never decided to serve, a private blob say: only docxy's own is sent.
+  for (const name of Object.keys(headers)) if (name.startsWith('x-accel-')) delete headers[name];
   if (headers['docker-distribution-api-version'] === undefined) Object.assign(headers, API_VERSION_HEADER);
   log.source = response.source;
   if (response.cache) log.cache = response.cache;
@@ -27,21 +31,31 @@ export async function sendProxyResponse(
     body?.destroy();
     return;
   }
+  if (response.accel && accelPrefix !== undefined) {
+    // The nginx in front sends the stored file itself (sendfile), Range included: headers only.
+    log.source = 'accel';
+    headers['x-accel-redirect'] = `${accelPrefix}${response.accel.path}`;
+    body?.destroy();
+    res.writeHead(response.status, headers);
+    res.end();
+    response.sent?.(response.accel.bytes);
+    return;
+  }
   res.writeHead(response.status, headers);
   if (!body || res.req.method === 'HEAD' || response.status === 204 || response.status === 304) {
     body?.resume();
     res.end();
     return;
   }
+  const sent = response.sent;
   body.on('data', (chunk: Buffer) => {
     log.bytes += chunk.length;
+    sent?.(chunk.length);
   });
   try {
     await pipeline(body, res);
   } catch (error) {
     body.destroy();
     throw error;
-  } finally {
-    response.sent?.(log.bytes);
   }
 }

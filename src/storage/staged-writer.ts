@@ -7,6 +7,8 @@ import { WriteFollower, type FollowedWrite } from './write-follower.ts';
 
 /** Bytes the stage's sink queues before backpressure; large enough for `writev` batching. */
 export const STAGE_HIGH_WATER_MARK = 4 * 1024 * 1024;
+/** Bytes the writer's stream takes before it asks its producer to wait (the sink's queue full). */
+const STAGE_ARRIVAL_HIGH_WATER_MARK = 1024 * 1024;
 
 /**
  * Where one write's bytes wait until commit, as a driver provides it: a temp file for the
@@ -43,6 +45,12 @@ export class StagedWriter implements StorageWriter {
   readonly #stage: WriteStage;
   readonly #verifier: ContentVerifier | undefined;
   readonly #followers = new Set<WriteFollower>();
+  /**
+   * Chunks that arrived and are not stored yet (queued in the sink or being written), in order,
+   * the first at `#written`: a follower just behind the arrivals takes them from here rather than
+   * reading them back once stored. They are the sink's own buffers, not copies.
+   */
+  readonly #unstored = new ChunkQueue();
   readonly #piped: Promise<void>;
   /** Bytes that arrived (and passed the length check). */
   #arrived = 0;
@@ -72,6 +80,8 @@ export class StagedWriter implements StorageWriter {
     this.#verifier = verifier;
     this.expected = this.#verifier?.expected;
     this.stream = new Transform({
+      // Chunks pass through at once (the sink below queues them): no drain to wait for after each.
+      writableHighWaterMark: STAGE_ARRIVAL_HIGH_WATER_MARK,
       transform: (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) => this.#arrive(chunk, callback),
       flush: (callback: TransformCallback) => this.#verify(callback),
     });
@@ -89,6 +99,7 @@ export class StagedWriter implements StorageWriter {
       get written() {
         return writer.#written;
       },
+      unstored: (position) => writer.#unstored.from(position),
       get holdBack() {
         if (writer.#sealed) return writer.#written;
         return size === undefined ? Infinity : size - 1;
@@ -154,6 +165,7 @@ export class StagedWriter implements StorageWriter {
     }
     const offset = this.#arrived;
     this.#arrived += chunk.length;
+    this.#unstored.push(chunk);
     for (const follower of this.#followers) follower.offer(chunk, offset);
     callback(null, chunk);
   }
@@ -176,6 +188,7 @@ export class StagedWriter implements StorageWriter {
     this.#stage.write(buffers, this.#written).then(
       () => {
         this.#written += bytes;
+        this.#unstored.drop(bytes);
         for (const follower of this.#followers) follower.wake();
         callback();
       },
@@ -238,3 +251,58 @@ function lazyReadable(open: () => Promise<Readable>): Readable {
   }
   return Readable.from(chunks(), { objectMode: false });
 }
+
+/** The chunks of a contiguous run of bytes, in order: appended at the end, dropped from the start. */
+class ChunkQueue {
+  #chunks: Buffer[] = [];
+  /** Where each chunk starts (from the start of the content). */
+  #offsets: number[] = [];
+  #head = 0;
+  /** Where the next chunk starts. */
+  #end = 0;
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.#offsets.push(this.#end);
+    this.#end += chunk.length;
+  }
+
+  /** Drops the first `bytes` bytes. */
+  drop(bytes: number): void {
+    let left = bytes;
+    while (left > 0 && this.#head < this.#chunks.length) {
+      const chunk = this.#chunks[this.#head]!;
+      if (chunk.length > left) {
+        this.#chunks[this.#head] = chunk.subarray(left);
+        this.#offsets[this.#head]! += left;
+        break;
+      }
+      left -= chunk.length;
+      this.#chunks[this.#head] = EMPTY;
+      this.#head++;
+    }
+    if (this.#head >= 1024 || this.#head === this.#chunks.length) {
+      this.#chunks = this.#chunks.slice(this.#head);
+      this.#offsets = this.#offsets.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+
+  /** The bytes from `position` to the end of the chunk holding it, or undefined when no chunk here holds it. */
+  from(position: number): Buffer | undefined {
+    let low = this.#head;
+    let high = this.#chunks.length - 1;
+    if (high < low || position < this.#offsets[low]! || position >= this.#end) return undefined;
+    while (low < high) {
+      const middle = (low + high + 1) >>> 1;
+      if (this.#offsets[middle]! <= position) low = middle;
+      else high = middle - 1;
+    }
+    const chunk = this.#chunks[low]!;
+    const skip = position - this.#offsets[low]!;
+    return skip === 0 ? chunk : chunk.subarray(skip);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

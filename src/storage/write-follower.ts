@@ -18,14 +18,20 @@ export interface FollowedWrite {
   readonly holdBack: number;
   /** The content's length once the write is sealed (every byte stored and checked), else undefined. */
   readonly total: number | undefined;
+  /**
+   * The bytes at `position` that arrived but are not stored yet (from there to the end of the
+   * chunk they came in, the very buffer, not a copy), or undefined when none are in memory.
+   */
+  unstored(position: number): Buffer | undefined;
   /** Positional read of stored bytes (only below `written`). */
   read(buffer: Buffer, position: number): Promise<number>;
 }
 
 /**
  * One follower of a write in progress: a Readable of the bytes `[start, end]`. While it keeps up
- * (waiting at the very byte that arrives next) each chunk is handed over as it arrives; once it
- * falls behind (its consumer is slower) it reads the stored bytes back by position, in
+ * (waiting at the very byte that arrives next) each chunk is handed over as it arrives; a little
+ * behind, it takes the chunks that arrived and wait to be stored, from memory; further behind
+ * (its consumer is slower than the storage) it reads the stored bytes back by position, in
  * FOLLOW_CHUNK pieces, until it catches up again. It ends when the write is sealed or at `end`,
  * and fails (`fail`) when the write fails before it was sealed.
  */
@@ -129,8 +135,17 @@ export class WriteFollower extends Readable {
       const write = this.#write;
       const available = Math.min(write.written, write.holdBack, last + 1) - this.#position;
       if (available <= 0) {
-        this.#waiting = true;
-        return;
+        // Not stored yet: from memory if it arrived (never a chunk reaching the held-back byte, as in offer), else wait for it.
+        const chunk = this.#position >= write.written ? write.unstored(this.#position) : undefined;
+        if (chunk === undefined || this.#position + chunk.length > write.holdBack) {
+          this.#waiting = true;
+          return;
+        }
+        const wanted = last + 1 - this.#position;
+        const piece = chunk.length > wanted ? chunk.subarray(0, wanted) : chunk;
+        this.#position += piece.length;
+        if (!this.push(piece)) return;
+        continue;
       }
       const buffer = Buffer.allocUnsafe(Math.min(available, FOLLOW_CHUNK));
       const bytesRead = await write.read(buffer, this.#position);

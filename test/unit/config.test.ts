@@ -140,6 +140,18 @@ describe('resolveConfig: defaults and presets', () => {
 });
 
 describe('resolveConfig: every invalid field is named with its path', () => {
+  test('cache.accelRedirect: a URL path prefix, and only with trusted proxies', () => {
+    const config = resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix: '/_docxy_blobs/' } } });
+    assert.deepEqual(config.cache.accelRedirect, { prefix: '/_docxy_blobs/' });
+    assert.equal(resolveConfig({}).cache.accelRedirect, undefined);
+    for (const prefix of ['_docxy_blobs/', '/_docxy_blobs', '/a b/', '/../', '//', '/x/$uri/']) {
+      const problems = problemsOf(() => resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix } } }));
+      assert.match(problemAt(problems, 'cache.accelRedirect.prefix').message, /absolute URL path ending in "\/"/, prefix);
+    }
+    const problems = problemsOf(() => resolveConfig({ cache: { accelRedirect: { prefix: '/_docxy_blobs/' } } }));
+    assert.match(problemAt(problems, 'cache.accelRedirect').message, /trustedProxies/);
+  });
+
   test('an unknown top-level key is named', () => {
     const problems = problemsOf(() => resolveConfig({ listne: '0.0.0.0:5000' }));
     assert.ok(problems.some((p) => p.message.includes('listne')), JSON.stringify(problems));

@@ -1,0 +1,161 @@
+// The performance issue's scorecard: one table of every ratio it names, docxy against the peers
+// measured in the same run (Distribution in proxy mode, nginx proxy_cache + proxy_cache_lock,
+// nginx sendfile, the registry direct, raw and behind a realistic uplink), each target PASS/FAIL.
+import type { BlobBenchmark } from './blob-throughput.ts';
+import type { ColdPullResult } from './fanout.ts';
+import type { HeadLoad } from './head-latency.ts';
+import type { PeerName, RealisticOrigin } from './peers.ts';
+
+export const PEER_TARGETS = {
+  /** Raw loopback cold: docxy-miss / Distribution proxy cold. */
+  coldVsDistribution: 1.0,
+  /** Standalone warm: docxy-hit / nginx sendfile of the same file. */
+  warmVsSendfile: 0.6,
+  /** Warm through the nginx front (X-Accel-Redirect) / nginx sendfile. */
+  warmFrontVsSendfile: 0.9,
+  /** Realistic origin, fan-out: docxy wall / nginx proxy_cache wall. */
+  fanoutWallVsNginx: 1.0,
+  /** Realistic origin, fan-out: origin blob GETs. */
+  fanoutOriginGets: 1,
+  /** Realistic origin, cold: docxy / direct through the throttle. */
+  realisticColdVsDirect: 0.95,
+  /** Manifest HEAD by tag under load: docxy / direct. */
+  headVsDirect: 1.0,
+  /** docxy's peak RSS over the whole run. */
+  peakRssMiB: 200,
+} as const;
+
+export interface ScoreRow {
+  measure: string;
+  docxy: string;
+  reference: string;
+  /** docxy / reference (or the count), as printed. */
+  ratio: string;
+  target: string;
+  verdict: 'PASS' | 'FAIL' | 'n/a' | 'info';
+}
+
+export interface PeerResults {
+  descriptions: Record<PeerName, string>;
+  /** The warm instances' filling GETs hashed to the blob's digest (and docxy behind the nginx front's, when it ran). */
+  verified: Record<PeerName, boolean> & { 'docxy-nginx-front'?: boolean };
+  /** Raw loopback: 50 concurrent cold pulls of the fan-out blob through each peer. */
+  fanout: Record<PeerName, ColdPullResult>;
+  realistic: RealisticOrigin;
+  /** Manifest HEAD by tag, Node client with keep-alive connections. */
+  headLoad: Record<string, HeadLoad>;
+}
+
+export interface ScoreInput {
+  blob: BlobBenchmark;
+  /** docxy's raw-loopback fan-out (fresh docxy, same blob and clients as the peers'). */
+  docxyFanout: ColdPullResult;
+  peers: PeerResults;
+  fanoutSizeBytes: number;
+  /** docxy's peak RSS over every phase of the run. */
+  docxyPeakRssMiB: number;
+}
+
+export function scorecard(input: ScoreInput): ScoreRow[] {
+  const t = PEER_TARGETS;
+  const m = input.blob.medianMiBps;
+  const p = input.peers;
+  const rows: ScoreRow[] = [];
+  const mibps = (n: number | undefined) => (n === undefined ? '-' : `${n.toFixed(0)} MiB/s`);
+  const atLeast = (measure: string, docxy: number | undefined, reference: number | undefined, refName: string, target: number, format = mibps) => {
+    const ok = docxy !== undefined && reference !== undefined && reference > 0;
+    const ratio = ok ? docxy / reference : undefined;
+    rows.push({
+      measure,
+      docxy: format(docxy),
+      reference: `${refName} ${format(reference)}`,
+      ratio: ratio === undefined ? '-' : `${ratio.toFixed(2)}x`,
+      target: `>= ${target}x`,
+      verdict: ratio === undefined ? 'n/a' : ratio >= target ? 'PASS' : 'FAIL',
+    });
+  };
+  const info = (measure: string, docxy: string, reference: string, ratio = '') => rows.push({ measure, docxy, reference, ratio, target: '', verdict: 'info' });
+
+  atLeast('raw cold: docxy vs Distribution proxy cold', m['docxy-miss'], m['distribution-proxy-cold'], 'distribution', t.coldVsDistribution);
+  atLeast('raw warm (standalone): docxy vs nginx static', m['docxy-hit'], m['nginx-sendfile'], 'nginx-sendfile', t.warmVsSendfile);
+  atLeast('raw warm through the nginx front vs nginx static', m['docxy-nginx-front'], m['nginx-sendfile'], 'nginx-sendfile', t.warmFrontVsSendfile);
+  const rf = p.realistic.fanout;
+  const dx = rf.docxy;
+  const ng = rf['nginx-proxy-cache'];
+  const wall = dx.wallS / ng.wallS;
+  const allOk = (f: ColdPullResult) => f.complete === f.clients && f.sha256?.ok === true;
+  rows.push({
+    measure: `realistic fan-out x${dx.clients}: docxy wall vs nginx proxy_cache wall`,
+    docxy: `${dx.wallS.toFixed(2)} s, ${dx.upstream.blobGets} GET`,
+    reference: `nginx ${ng.wallS.toFixed(2)} s, ${ng.upstream.blobGets} GET`,
+    ratio: `${wall.toFixed(2)}x`,
+    target: `<= ${t.fanoutWallVsNginx}x, ${t.fanoutOriginGets} GET`,
+    verdict: wall <= t.fanoutWallVsNginx && dx.upstream.blobGets === t.fanoutOriginGets && allOk(dx) ? 'PASS' : 'FAIL',
+  });
+  // The single origin fetch ends no earlier than the connection delay plus (blob / the line's
+  // rate) after the first client was spawned: a first byte before that came before the fetch
+  // completed. Asked of the clients spawned in the first half of that window (the later ones
+  // cannot be expected to beat it).
+  const fetchS = p.realistic.throttle.connectDelayMs / 1000 + input.fanoutSizeBytes / (p.realistic.throttle.rateMiBps * 2 ** 20);
+  const early = (f: ColdPullResult) => f.timeline.filter((c) => c.startedAtS < fetchS / 2);
+  const beforeFetch = (f: ColdPullResult) => early(f).filter((c) => c.firstByteAtS < fetchS).length;
+  rows.push({
+    measure: `realistic fan-out x${dx.clients}: first byte before the one fetch can end`,
+    docxy: `${beforeFetch(dx)}/${early(dx).length} clients`,
+    reference: `fetch >= ${fetchS.toFixed(2)} s; nginx ${beforeFetch(ng)}/${early(ng).length}`,
+    ratio: '',
+    target: 'all',
+    verdict: early(dx).length > 0 && beforeFetch(dx) === early(dx).length ? 'PASS' : 'FAIL',
+  });
+  const fr = p.realistic.fanoutFront;
+  if (fr) {
+    const ratio = fr.wallS / ng.wallS;
+    rows.push({
+      measure: `realistic fan-out x${fr.clients}: docxy behind the nginx front vs nginx proxy_cache`,
+      docxy: `${fr.wallS.toFixed(2)} s, ${fr.upstream.blobGets} GET`,
+      reference: `nginx ${ng.wallS.toFixed(2)} s, ${ng.upstream.blobGets} GET`,
+      ratio: `${ratio.toFixed(2)}x`,
+      target: `<= ${t.fanoutWallVsNginx}x, ${t.fanoutOriginGets} GET`,
+      verdict: ratio <= t.fanoutWallVsNginx && fr.upstream.blobGets === t.fanoutOriginGets && allOk(fr) ? 'PASS' : 'FAIL',
+    });
+  } else {
+    rows.push({ measure: 'realistic fan-out: docxy behind the nginx front vs nginx proxy_cache', docxy: 'not measured', reference: '', ratio: '-', target: `<= ${t.fanoutWallVsNginx}x`, verdict: 'n/a' });
+  }
+  const rc = p.realistic.cold.medianMiBps;
+  atLeast('realistic cold: docxy vs direct through the uplink', rc.docxy, rc.direct, 'direct', t.realisticColdVsDirect);
+  const req = (n: number | undefined) => (n === undefined ? '-' : `${n.toFixed(0)} req/s`);
+  atLeast('manifest HEAD by tag under load: docxy vs direct', p.headLoad['docxy-cache']?.requestsPerS, p.headLoad.direct?.requestsPerS, 'direct', t.headVsDirect, req);
+  rows.push({
+    measure: 'docxy peak RSS, whole run',
+    docxy: `${input.docxyPeakRssMiB.toFixed(1)} MiB`,
+    reference: '',
+    ratio: '',
+    target: `< ${t.peakRssMiB} MiB`,
+    verdict: input.docxyPeakRssMiB < t.peakRssMiB ? 'PASS' : 'FAIL',
+  });
+
+  // The rest of the side by side: what the peers do on the same paths.
+  info('raw cold: Distribution proxy / nginx proxy_cache vs direct', `direct ${mibps(m.direct)}`, `distribution ${mibps(m['distribution-proxy-cold'])}, nginx ${mibps(m['nginx-proxy-cache-cold'])}`);
+  info('raw warm: Distribution proxy / nginx proxy_cache', `docxy ${mibps(m['docxy-hit'])}`, `distribution ${mibps(m['distribution-proxy-warm'])}, nginx ${mibps(m['nginx-proxy-cache-warm'])}`);
+  for (const [name, f] of [['docxy', input.docxyFanout], ['distribution', p.fanout['distribution-proxy']], ['nginx', p.fanout['nginx-proxy-cache']]] as const) {
+    info(`raw fan-out x${f.clients}, ${name}`, `${f.wallS.toFixed(2)} s, ${f.upstream.blobGets} GET`, `first byte ${firstBytes(f)}`, `${f.complete}/${f.clients}${f.sha256?.ok ? ' sha ok' : ' sha !'}`);
+  }
+  for (const [name, f] of [['docxy', dx], ['distribution', rf['distribution-proxy']], ['nginx', ng]] as const) {
+    info(`realistic fan-out x${f.clients}, ${name}`, `${f.wallS.toFixed(2)} s, ${f.upstream.blobGets} GET`, `first byte ${firstBytes(f)}`, `${f.complete}/${f.clients}${f.sha256?.ok ? ' sha ok' : ' sha !'}`);
+  }
+  info('realistic cold: Distribution proxy / nginx proxy_cache vs direct', `docxy ${mibps(rc.docxy)}`, `direct ${mibps(rc.direct)}, distribution ${mibps(rc['distribution-proxy'])}, nginx ${mibps(rc['nginx-proxy-cache'])}`, rc.direct ? `${((rc['distribution-proxy'] ?? 0) / rc.direct).toFixed(2)}x / ${((rc['nginx-proxy-cache'] ?? 0) / rc.direct).toFixed(2)}x` : '');
+  info('manifest HEAD under load: Distribution proxy', req(p.headLoad['docxy-cache']?.requestsPerS), `distribution ${req(p.headLoad['distribution-proxy']?.requestsPerS)}`);
+  return rows;
+}
+
+function firstBytes(f: ColdPullResult): string {
+  const fb = f.firstByteSeconds;
+  return `${fb.min.toFixed(2)}/${fb.median.toFixed(2)}/${fb.max.toFixed(2)} s`;
+}
+
+/** Problems for the results: every FAIL row. */
+export function scoreProblems(rows: readonly ScoreRow[]): string[] {
+  return rows
+    .filter((r) => r.verdict === 'FAIL')
+    .map((r) => `${r.measure}: docxy ${r.docxy}${r.reference ? `, ${r.reference}` : ''} (${r.ratio ? `${r.ratio}; ` : ''}target ${r.target})`);
+}
