@@ -3,7 +3,8 @@
 // usual, while a fallback to registry-1.docker.io (what podman does when a mirror fails) ends
 // here at once instead of leaving the machine, and the test can assert it never happened.
 import { createServer } from 'node:net';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { listenLoopback } from './net.ts';
 
 export interface BlackholeProxy {
   /** http://127.0.0.1:PORT */
@@ -31,11 +32,7 @@ export async function createBlackholeProxy(): Promise<BlackholeProxy> {
       socket.removeAllListeners('data');
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const port = await listenLoopback(server);
   return {
     url: `http://127.0.0.1:${port}`,
     attempts,

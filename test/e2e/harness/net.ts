@@ -1,6 +1,6 @@
 // Loopback ports and readiness probes.
 import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
 import { request } from 'node:http';
 
 /**
@@ -9,13 +9,18 @@ import { request } from 'node:http';
  */
 export async function freePort(): Promise<number> {
   const server = createServer();
+  const port = await listenLoopback(server);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Starts `server` on a port the OS picks on 127.0.0.1; resolves with that port. */
+export async function listenLoopback(server: Pick<Server, 'once' | 'listen' | 'address'>): Promise<number> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  return (server.address() as AddressInfo).port;
 }
 
 /** Status of one GET, or undefined when nothing answers. Never follows redirects. */

@@ -7,8 +7,9 @@
 // challenge, and for 429 a `Retry-After: 60`.
 import { Agent, createServer, request } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream/promises';
+import { listenLoopback } from './net.ts';
 
 export type FrontMode = 'pass' | '503' | '429';
 
@@ -109,11 +110,7 @@ export async function startSwitchableFront(target: string): Promise<SwitchableFr
     edgePage(res, page.status, page.reason, page.headers);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const port = await listenLoopback(server);
   return {
     url: `http://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,

@@ -3,12 +3,12 @@
 // anonymous users may pull public repositories, known users may pull and push everything.
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { createPrivateKey, randomUUID, sign } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTempDir, removeTempDir, run } from './process.ts';
+import { listenLoopback } from './net.ts';
 
 export interface TokenServerOptions {
   /** The `service` the registry announces, which becomes the JWT `aud`. */
@@ -142,11 +142,7 @@ export async function createTokenServer(options: TokenServerOptions): Promise<To
     });
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const port = await listenLoopback(server);
 
   return {
     url: `http://127.0.0.1:${port}/token`,
