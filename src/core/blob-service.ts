@@ -95,7 +95,7 @@ export class BlobService {
       throw error;
     });
     body.once('close', unpin);
-    return { status: range ? 206 : 200, headers, body: closedWithRequest(body, request), source: 'cache', cache: outcome };
+    return { status: range ? 206 : 200, headers, body, source: 'cache', cache: outcome };
   }
 
   /** Serves a request from a fill already in flight; undefined when it should fetch on its own. */
@@ -132,7 +132,7 @@ export class BlobService {
       }
       return response.body;
     };
-    return { status, headers, body: closedWithRequest(fill.createReader(range ?? { start: 0 }, { fallback }), request), source: 'cache', cache: outcome };
+    return { status, headers, body: fill.createReader(range ?? { start: 0 }, { fallback }), source: 'cache', cache: outcome };
   }
 
   private async startFill(request: RegistryRequest, digest: Digest): Promise<RegistryResponse> {
@@ -167,7 +167,7 @@ export class BlobService {
     this.options.fills.noteBypass(request, digest, cause);
     const headers = { ...response.headers } as HeaderValues;
     headers['docker-content-digest'] ??= digest.value; // a CDN does not send it (see the pass-through)
-    return { status: response.status, headers, body: closedWithRequest(response.body, request), source: 'upstream', cache: 'bypass' };
+    return { status: response.status, headers, body: response.body, source: 'upstream', cache: 'bypass' };
   }
 
   /** A blob the cache cannot take now, straight from upstream: the pull goes on, uncached. */
@@ -175,23 +175,6 @@ export class BlobService {
     this.options.fills.noteBypass(request, digest, reason);
     return withOutcome(await this.options.passThrough.blob(request, digest), 'bypass');
   }
-}
-
-/**
- * Destroys `body` when the client goes away. A client that left before its answer was written
- * (while a fill connected, say) leaves the body unread: nothing would ever close it, and it holds
- * a file descriptor, an eviction pin or an upstream transfer (and would fail, unheard, later).
- */
-function closedWithRequest<T extends Readable>(body: T, request: RegistryRequest): T {
-  const { signal } = request;
-  if (signal.aborted) {
-    body.destroy();
-    return body;
-  }
-  const destroy = () => body.destroy();
-  signal.addEventListener('abort', destroy, { once: true });
-  body.once('close', () => signal.removeEventListener('abort', destroy));
-  return body;
 }
 
 function blobHeaders(digest: Digest, size: number | undefined, range: ByteRange | undefined): HeaderValues {
