@@ -23,6 +23,9 @@ import { createTokenService } from './core/token-service.ts';
 import { PingService } from './core/ping-service.ts';
 import { withCacheCounters } from './core/counted-registry.ts';
 import { VERSION } from './version.ts';
+import { AccessPolicy } from './access/access-policy.ts';
+import { CertificateReloader } from './http/certificate-reloader.ts';
+import { createAuthenticator, type TokenAuthority } from './access/authenticator.ts';
 
 export interface App {
   /** Starts every listener; resolves with the main listener's URL. */
@@ -36,8 +39,22 @@ export interface App {
    * cache. For tests and orderly tooling: wait on this, not on files appearing in the data dir.
    */
   settled(): Promise<void>;
+  /**
+   * Takes a new configuration's `access` section (and `server.maxConnectionsPerIp`) without a
+   * restart: users and tokens re-read, rules and limits replaced, budgets already spent kept.
+   * Throws ConfigError (an htpasswd file or token that cannot be used) and keeps the old one.
+   */
+  reloadAccess(config: Config): Promise<void>;
+  /**
+   * Reads the TLS certificate and key files again and installs a good pair for new handshakes
+   * (open connections keep theirs); a broken pair is logged and the current one kept. True when
+   * a new certificate was installed. Also happens by itself when the files change.
+   */
+  reloadTls(): boolean;
   readonly url: string;
   readonly logger: Logger;
+  /** The configuration the app was built with (a reload changes only its access policy). */
+  readonly config: Config;
 }
 
 export interface AppOptions {
@@ -48,7 +65,7 @@ export interface AppOptions {
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(config.logLevel);
   const clients = new Map<string, UpstreamClient>();
-  for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream, { logger }));
+  for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream, { logger, egress: config.egress }));
   const upstream = (name: string): UpstreamClient => {
     const client = clients.get(name);
     if (!client) throw new Error(`upstream ${name} is not configured`);
@@ -58,11 +75,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const passThrough = createPassThroughRegistry(upstreamRegistry);
   const cache = config.cache.enabled ? createCache(config, upstreamRegistry, passThrough, logger) : undefined;
   const resolver = createRouteResolver(config);
+  const authority = new LoadedAuthority(createAuthenticator(config, { logger }));
   const ctx: HttpContext = {
     config,
     resolver,
     registry: cache ? withCacheCounters(cache.proxy, cache.stats) : passThrough,
-    tokens: createTokenService({ resolver, upstream: upstreamRegistry, cacheEnabled: cache !== undefined, logger }),
+    tokens: createTokenService({ resolver, upstream: upstreamRegistry, cacheEnabled: cache !== undefined, authority: authority.delegate, logger }),
+    access: new AccessPolicy(config.access, authority.delegate),
     ping: new PingService({ upstream: upstreamRegistry, upstreams: clients.keys(), defaultUpstream: resolver.defaultUpstream.name, cache: cache ? { stats: cache.stats, storage: () => cache.proxy.storage() } : undefined, logger }),
     logger,
     version: VERSION,
@@ -77,9 +96,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     connectionsCheckingInterval: Math.min(1000, config.server.headersTimeoutMs),
   };
-  const server: Server = config.tls
-    ? createHttpsServer({ ...serverOptions, cert: config.tls.cert, key: config.tls.key }, handler)
-    : createHttpServer(serverOptions, handler);
+  const httpsServer = config.tls ? createHttpsServer({ ...serverOptions, cert: config.tls.cert, key: config.tls.key }, handler) : undefined;
+  const server: Server = httpsServer ?? createHttpServer(serverOptions, handler);
+  // A renewed certificate is picked up when its files change, or on reloadTls() (SIGHUP).
+  const certificates = httpsServer && config.tls ? new CertificateReloader(httpsServer, config.tls, logger) : undefined;
   const redirectServer = config.httpRedirect ? createHttpServer(serverOptions, redirectHandler(config)) : undefined;
   const servers = [server, ...(redirectServer ? [redirectServer] : [])];
   const limiter = new ConnectionLimiter(config.server.maxConnectionsPerIp, config.trustedProxies);
@@ -107,10 +127,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 
   return {
     logger,
+    config,
     get url() {
       return url;
     },
     async listen() {
+      // The htpasswd file, the static tokens and the signing key: a bad one stops the start (ConfigError).
+      await authority.ready;
       if (cache) {
         const removed = await cache.driver.cleanup();
         if (removed > 0) logger.warn({ removed }, 'removed unfinished cache writes left by a previous run');
@@ -134,7 +157,17 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         await new Promise((resolve) => setImmediate(resolve));
       }
     },
-    async close(graceMs = 10_000) {
+    async reloadAccess(next) {
+      await authority.ready;
+      await authority.delegate.reload(next.access);
+      ctx.access = new AccessPolicy(next.access, authority.delegate, { budgets: ctx.access.budgets });
+      limiter.max = next.server.maxConnectionsPerIp;
+    },
+    reloadTls() {
+      return certificates?.reload() ?? false;
+    },
+    async close(graceMs = config.server.shutdownGraceMs) {
+      certificates?.close();
       const closed = servers.map((s) => (s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve()));
       for (const s of servers) s.closeIdleConnections();
       const timer = setTimeout(() => {
@@ -154,6 +187,39 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 }
 
 const STATS_LOG_INTERVAL_MS = 60_000;
+
+/**
+ * docxy's token authority, which loads files (htpasswd, token files, the signing key): built at
+ * once, used through `delegate` by the token endpoint and the access policy, and loaded before
+ * the first connection is accepted (`listen` waits for `ready`).
+ */
+class LoadedAuthority {
+  readonly ready: Promise<void>;
+  readonly delegate: TokenAuthority;
+  #authority: TokenAuthority | undefined;
+
+  constructor(loading: Promise<TokenAuthority>) {
+    this.ready = loading.then((authority) => {
+      this.#authority = authority;
+    });
+    // Reported by listen(); not an unhandled rejection meanwhile.
+    this.ready.catch(() => undefined);
+    const loaded = (): TokenAuthority => {
+      if (!this.#authority) throw new Error('the access configuration is not loaded yet');
+      return this.#authority;
+    };
+    this.delegate = {
+      get service() {
+        return loaded().service;
+      },
+      authenticate: (input) => loaded().authenticate(input),
+      reload: (access) => loaded().reload(access),
+      login: (credentials) => loaded().login(credentials),
+      issue: (principal, upstream, repositories) => loaded().issue(principal, upstream, repositories),
+      challenge: (input) => loaded().challenge(input),
+    };
+  }
+}
 
 /** A `cache stats` log line: every minute when something happened, and at shutdown. */
 function createStatsLogger(stats: CacheStats, logger: Logger): (always?: boolean) => void {

@@ -1,11 +1,13 @@
 import { Command } from 'commander';
-import { createApp } from './app.ts';
+import { createApp, type App } from './app.ts';
+import { createAuthenticator } from './access/authenticator.ts';
 import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
 import { cacheUsage, listTags, prune, verify } from './core/cache-admin.ts';
 import { displayUrl } from './config/credentials.ts';
 import { loadConfig } from './config/load.ts';
 import { parseByteSize } from './config/schema.ts';
 import { ConfigError, type Config } from './config/types.ts';
+import { createLogger } from './observability/logger.ts';
 import { createContentStore } from './storage/content-store.ts';
 import { createFsDriver } from './storage/fs-driver.ts';
 import { VERSION } from './version.ts';
@@ -15,11 +17,51 @@ function configOrExit(file: string | undefined): Config {
   try {
     return loadConfig(file ? { file } : {});
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`docxy: ${error.message}\n`);
-      process.exit(2);
-    }
-    throw error;
+    exitOnConfigError(error);
+  }
+}
+
+/** A ConfigError ends the process (status 2) with every problem named; anything else is thrown on. */
+function exitOnConfigError(error: unknown): never {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`docxy: ${error.message}\n`);
+    process.exit(2);
+  }
+  throw error;
+}
+
+/**
+ * What `SIGHUP` does: re-reads the config file, and when it is valid swaps in its `access`
+ * section (and `server.maxConnectionsPerIp`) without a restart; budgets already spent are kept.
+ * An invalid file is logged with every bad field named, and the running configuration kept.
+ * Other changes take effect at the next start (the log line names them). Resolves true when it took.
+ */
+export async function reloadConfig(app: App, file: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
+  try {
+    const next = loadConfig({ ...(file ? { file } : {}), env });
+    await app.reloadAccess(next);
+    const before = reloadedAside(app.config);
+    const after = reloadedAside(next);
+    const restartNeeded = Object.keys(after).filter((key) => JSON.stringify(before[key]) !== JSON.stringify(after[key]));
+    const { access } = next;
+    app.logger.info(
+      {
+        file: file ?? env.DOCXY_CONFIG ?? null,
+        anonymous: access.anonymous,
+        allowIps: access.allowIps.length,
+        denyIps: access.denyIps.length,
+        rules: access.rules.length,
+        limits: access.limits,
+        maxConnectionsPerIp: next.server.maxConnectionsPerIp,
+        ...(restartNeeded.length > 0 ? { restartNeeded } : {}),
+      },
+      'configuration reloaded: access rules, users and limits replaced',
+    );
+    return true;
+  } catch (error) {
+    const problems = error instanceof ConfigError ? error.problems : [{ path: '', message: (error as Error).message }];
+    app.logger.error({ file: file ?? env.DOCXY_CONFIG ?? null, problems }, 'configuration not reloaded: the running one is kept');
+    return false;
   }
 }
 
@@ -37,9 +79,18 @@ export function buildCli(): Command {
     .action(async (options: { config?: string }) => {
       const config = configOrExit(options.config);
       const app = createApp(config);
+      let reloading = Promise.resolve();
+      process.on('SIGHUP', () => {
+        // One reload at a time, in the order the signals came.
+        reloading = reloading.then(async () => {
+          await reloadConfig(app, options.config);
+          app.reloadTls();
+        });
+      });
       try {
         await app.listen();
       } catch (error) {
+        if (error instanceof ConfigError) exitOnConfigError(error);
         app.logger.fatal({ err: error }, 'cannot listen');
         process.exit(1);
       }
@@ -47,7 +98,7 @@ export function buildCli(): Command {
       const stop = (signal: string) => {
         if (stopping) process.exit(1);
         stopping = true;
-        app.logger.info({ signal }, 'shutting down');
+        app.logger.info({ signal, graceMs: app.config.server.shutdownGraceMs }, 'shutting down: no new connections, transfers in progress may finish');
         app.close().then(
           () => process.exit(0),
           () => process.exit(1),
@@ -67,8 +118,10 @@ export function buildCli(): Command {
     .description('validate the config and print the effective configuration (secrets masked)')
     .option('-c, --config <file>', 'YAML config file')
     .version(VERSION, '-V, --version')
-    .action((options: { config?: string }) => {
+    .action(async (options: { config?: string }) => {
       const resolved = configOrExit(options.config);
+      // The files access names (htpasswd, token files, the signing key) are read and checked too.
+      await createAuthenticator(resolved, { logger: createLogger('silent') }).catch(exitOnConfigError);
       process.stdout.write(`${JSON.stringify(describeConfig(resolved), null, 2)}\n`);
     });
 
@@ -164,6 +217,11 @@ function formatBytes(bytes: number): string {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
+/** The settings a reload does not take, to name those that changed. */
+function reloadedAside(config: Config): Record<string, unknown> {
+  return { ...describeConfig(config), access: undefined, server: { ...config.server, maxConnectionsPerIp: undefined } };
+}
+
 /** The effective config as plain data, with every secret masked. */
 export function describeConfig(config: Config): Record<string, unknown> {
   return {
@@ -187,8 +245,15 @@ export function describeConfig(config: Config): Record<string, unknown> {
           credentials: u.credentials ? { username: u.credentials.username, password: '********' } : null,
           trustedRealms: u.trustedRealms,
           timeouts: u.timeouts,
+          clientAuth: u.clientAuth,
         },
       ]),
     ),
+    server: config.server,
+    access: {
+      ...config.access,
+      tokens: config.access.tokens.map(({ token, ...entry }) => ({ ...entry, ...(token !== undefined ? { token: '********' } : {}) })),
+    },
+    egress: config.egress,
   };
 }

@@ -59,6 +59,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
   const problems: ConfigProblem[] = crossFieldProblems(parsed);
 
   const upstreams = new Map<string, UpstreamConfig>();
+  const docxyUsers = parsed.access.htpasswd !== undefined || parsed.access.tokens.length > 0 || !parsed.access.anonymous;
   for (const [name, entry] of Object.entries(parsed.upstreams)) {
     const path = `upstreams.${name}`;
     const preset = UPSTREAM_PRESETS[name];
@@ -78,6 +79,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
       ...(tokenHosts ? { tokenHosts } : {}),
       timeouts: { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) },
       ...(entry.tagTtlSeconds !== undefined ? { tagTtlSeconds: entry.tagTtlSeconds } : {}),
+      clientAuth: entry.clientAuth ?? (docxyUsers ? 'docxy' : 'forward'),
     });
   }
   checkUniqueNames(upstreams, problems);
@@ -104,6 +106,8 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     upstreams,
     cache: parsed.cache,
     server: parsed.server,
+    access: parsed.access,
+    egress: parsed.egress,
   };
 }
 
@@ -134,10 +138,19 @@ function crossFieldProblems(raw: unknown): ConfigProblem[] {
       message: `"${defaultUpstream}" is not one of the configured upstreams (${Object.keys(upstreams).join(', ') || 'none'})`,
     });
   }
-  if (Array.isArray(input.trustedProxies)) {
-    input.trustedProxies.forEach((entry: unknown, index: number) => {
+  const access = isRecord(input.access) ? input.access : {};
+  const egress = isRecord(input.egress) ? input.egress : {};
+  // Address lists: each entry an IP address or CIDR.
+  for (const [path, list] of [
+    ['trustedProxies', input.trustedProxies],
+    ['access.allowIps', access.allowIps],
+    ['access.denyIps', access.denyIps],
+    ['egress.allowPrivate', egress.allowPrivate],
+  ] as const) {
+    if (!Array.isArray(list)) continue;
+    list.forEach((entry: unknown, index: number) => {
       if (typeof entry === 'string' && !addToBlockList(new BlockList(), entry)) {
-        problems.push({ path: `trustedProxies.${index}`, message: `expected an IP address or CIDR, got ${JSON.stringify(entry)}` });
+        problems.push({ path: `${path}.${index}`, message: `expected an IP address or CIDR, got ${JSON.stringify(entry)}` });
       }
     });
   }
@@ -211,7 +224,8 @@ function checkUniqueNames(upstreams: Map<string, UpstreamConfig>, problems: Conf
   }
 }
 
-function addToBlockList(list: BlockList, entry: string): boolean {
+/** Adds an address or CIDR to `list`; false when `entry` is neither. */
+export function addToBlockList(list: BlockList, entry: string): boolean {
   const parts = entry.split('/');
   const [address, prefixText] = parts;
   const family = address ? isIP(address) : 0;

@@ -75,6 +75,14 @@ const upstream = z.strictObject({
   trustedRealms: z.array(realmOrigin).default([]),
   /** Tag TTL for this upstream (overrides cache.tagTtlSeconds; cache.tagTtlRules still win). */
   tagTtlSeconds: z.number().int().nonnegative().optional(),
+  /**
+   * Who clients are to this upstream. `docxy`: docxy's own users (access.htpasswd, access.tokens,
+   * or anonymous) log in to docxy, which issues its own signed tokens and fetches upstream with the
+   * server-side credentials above. `forward`: a client's own login to the upstream is forwarded
+   * (its token service answers), as in Docxy. Default: `docxy` when access.htpasswd or
+   * access.tokens is set or access.anonymous is false, else `forward`.
+   */
+  clientAuth: z.enum(['docxy', 'forward']).optional(),
   /** Overrides of the global timeouts for this upstream; unset fields keep the global value. */
   timeouts: z
     .strictObject({ connectMs: duration.optional(), headersMs: duration.optional(), bodyIdleMs: duration.optional() })
@@ -140,6 +148,84 @@ const serverSchema = z.strictObject({
   keepAliveTimeoutMs: duration.default(65_000),
   /** Open connections one client address may hold at once; more are closed at once. */
   maxConnectionsPerIp: z.number().int().positive().default(256),
+  /**
+   * On SIGTERM/SIGINT: new connections are refused at once, transfers in progress get this long
+   * to finish, then what is left is closed and docxy exits (0). Keep systemd's TimeoutStopSec above it.
+   */
+  shutdownGraceMs: z.number().int().nonnegative().default(60_000),
+});
+
+/** An IPv4/IPv6 address or CIDR (checked in load.ts, which names the entry). */
+const cidr = z.string().min(1);
+
+/** A budget per client (IP or user); unset: unlimited. */
+const limitSchema = z.strictObject({
+  /** Requests per minute (a token bucket: bursts up to this many, refilled evenly). */
+  requestsPerMinute: z.number().int().positive().optional(),
+  /** Bytes of content served per day (a token bucket refilled evenly over 24 h). */
+  bytesPerDay: byteSize.refine((value) => value > 0, { error: 'must be more than 0 (leave it out for no limit)' }).optional(),
+});
+
+/** A secret given inline, in a file (trailing newline removed) or in an environment variable: exactly one. */
+const staticToken = z.strictObject({
+  /** The user name the token logs in as (`docker login -u <name> -p <token>`). */
+  name: z.string().min(1),
+  token: z.string().min(16).optional(),
+  tokenFile: z.string().min(1).optional(),
+  tokenEnv: z.string().min(1).optional(),
+});
+
+/** Who may pull what, how much: see README "Access control". Reloaded on SIGHUP. */
+const accessSchema = z.strictObject({
+  /** Clients without credentials may pull (a private-network mirror); false for an internet-facing one. */
+  anonymous: z.boolean().default(true),
+  /** An htpasswd file of docxy's own users (bcrypt entries only: `htpasswd -B`). */
+  htpasswd: z.string().min(1).optional(),
+  /** Static API tokens, each logging in as its `name`. */
+  tokens: z.array(staticToken).default([]),
+  /** When set, only these addresses may use docxy at all (IPv4/IPv6 addresses or CIDRs). */
+  allowIps: z.array(cidr).default([]),
+  /** These addresses are refused (checked before allowIps). */
+  denyIps: z.array(cidr).default([]),
+  /**
+   * Repository rules, the first that matches decides; none matching: allowed. A rule matches when
+   * every field it sets matches: `users` (names; "anonymous" for clients without a login),
+   * `upstream` (its name), `repositories` (globs: `*` within a path segment, `**` across).
+   */
+  rules: z
+    .array(
+      z.strictObject({
+        users: z.array(z.string().min(1)).min(1).optional(),
+        upstream: z.string().min(1).optional(),
+        repositories: z.array(z.string().min(1)).min(1).default(['**']),
+        action: z.enum(['allow', 'deny']),
+      }),
+    )
+    .default([]),
+  limits: z
+    .strictObject({
+      /** Per client address (IPv6 by its /64); trusted proxies' clients by their X-Forwarded-For address. */
+      perIp: limitSchema.prefault({}),
+      /** Per logged-in user (anonymous clients are counted per IP only). */
+      perUser: limitSchema.prefault({}),
+    })
+    .prefault({}),
+  /** Lifetime of the tokens docxy issues to its own users. */
+  tokenTtlSeconds: z.number().int().positive().max(86_400).default(300),
+  /** PEM Ed25519 private key signing docxy's tokens (share it between replicas); unset: a new key at each start. */
+  tokenKeyFile: z.string().min(1).optional(),
+});
+
+/** Where docxy itself may connect, beyond the configured upstream URLs. */
+const egressSchema = z.strictObject({
+  /**
+   * Addresses (CIDRs) that an upstream redirect or a token realm on another origin may lead to
+   * although they are loopback, private, link-local (cloud metadata) or otherwise internal;
+   * by default every such address is refused.
+   */
+  allowPrivate: z.array(cidr).default([]),
+  /** Follow upstream redirects to plain-http targets (by default only https ones). */
+  allowHttpRedirects: z.boolean().default(false),
 });
 
 export const configSchema = z.strictObject({
@@ -166,6 +252,8 @@ export const configSchema = z.strictObject({
   timeouts: timeoutsSchema.prefault({}),
   server: serverSchema.prefault({}),
   cache: cacheSchema.prefault({}),
+  access: accessSchema.prefault({}),
+  egress: egressSchema.prefault({}),
 });
 
 export type ParsedConfig = z.output<typeof configSchema>;

@@ -9,6 +9,10 @@ export type LogLevel = ParsedConfig['logLevel'];
 export type CacheConfig = ParsedConfig['cache'];
 export type ServerConfig = ParsedConfig['server'];
 export type Timeouts = ParsedConfig['timeouts'];
+/** The `access` section as written (secrets and files resolved by the access module, which validates them). */
+export type AccessConfig = ParsedConfig['access'];
+export type AccessRule = AccessConfig['rules'][number];
+export type EgressConfig = ParsedConfig['egress'];
 
 export interface UpstreamConfig {
   /** The key under `upstreams`, e.g. `docker.io`. */
@@ -24,6 +28,8 @@ export interface UpstreamConfig {
   tokenHosts?: string[];
   timeouts: Timeouts;
   tagTtlSeconds?: number;
+  /** Who clients are to this upstream (see `clientAuth` in schema.ts), resolved. */
+  clientAuth: 'docxy' | 'forward';
 }
 
 export interface TlsConfig {
@@ -46,6 +52,8 @@ export interface Config {
   upstreams: Map<string, UpstreamConfig>;
   cache: CacheConfig;
   server: ServerConfig;
+  access: AccessConfig;
+  egress: EgressConfig;
 }
 
 export interface ConfigProblem {

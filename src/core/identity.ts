@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import type { UpstreamIdentity } from '../upstream/upstream-registry.ts';
-import { isDocxyToken } from './client-token.ts';
+import { DOCXY_ANONYMOUS_TOKEN, isDocxyToken } from './client-token.ts';
 
 /**
  * Who a client's request goes upstream as, decided here once from its Authorization: none at
@@ -13,6 +13,15 @@ export function identityOf(headers: HeaderValues): UpstreamIdentity {
   if (authorization === undefined) return { kind: 'none' };
   if (isDocxyToken(authorization)) return { kind: 'docxy' };
   return { kind: 'client', authorization };
+}
+
+/**
+ * The headers of a request by one of docxy's own users (an upstream with clientAuth `docxy`, once
+ * the authenticator has let it in): it goes upstream as docxy, with the server-side credentials;
+ * the client's Authorization (docxy's token, or its Basic login) never leaves docxy.
+ */
+export function asDocxyUser(headers: HeaderValues): HeaderValues {
+  return { ...headers, authorization: `Bearer ${DOCXY_ANONYMOUS_TOKEN}` };
 }
 
 /** Whether what this identity gets, every user of the mirror may read (docxy acted as itself). */

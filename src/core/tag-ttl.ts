@@ -1,4 +1,7 @@
 import type { CacheConfig, UpstreamConfig } from '../config/types.ts';
+import { globToRegExp } from '../oci/repository-glob.ts';
+
+/** Kept for the callers that import it from here; it lives in `oci/repository-glob.ts`. */
 
 /**
  * How long a tag's digest is trusted before it is revalidated upstream: the first of
@@ -11,20 +14,4 @@ export function tagTtlMs(config: Pick<CacheConfig, 'tagTtlRules' | 'tagTtlSecond
     if (globToRegExp(rule.repository).test(repository)) return rule.seconds * 1000;
   }
   return (upstream.tagTtlSeconds ?? config.tagTtlSeconds) * 1000;
-}
-
-const globCache = new Map<string, RegExp>();
-
-/** A repository glob as a RegExp: `*` within a path segment, `**` across segments, the rest literal. */
-export function globToRegExp(glob: string): RegExp {
-  let pattern = globCache.get(glob);
-  if (!pattern) {
-    const source = glob
-      .split('**')
-      .map((part) => part.split('*').map((text) => text.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^/]*'))
-      .join('.*');
-    pattern = new RegExp(`^${source}$`);
-    globCache.set(glob, pattern);
-  }
-  return pattern;
 }

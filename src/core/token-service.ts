@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import { loginRefusal, parseBasic, splitAuthorization, type Credentials, type TokenAuthority } from '../access/authenticator.ts';
 import type { UpstreamConfig } from '../config/types.ts';
 import { RegistryError } from '../oci/errors.ts';
 import { isValidRepositoryName } from '../oci/reference.ts';
@@ -7,7 +8,7 @@ import { formatScope, isRepositoryScope, parseScope } from '../upstream/challeng
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
 import type { UpstreamRegistry } from '../upstream/upstream-registry.ts';
-import { docxyTokenResponse } from './client-token.ts';
+import { docxyTokenResponse, tokenResponse, type TokenResponse } from './client-token.ts';
 import type { RouteResolver } from './route-resolver.ts';
 
 /** Query/form parameters a token request carries upstream besides scope and service. */
@@ -31,11 +32,11 @@ export interface TokenRequest {
   signal: AbortSignal;
 }
 
-export type DocxyToken = ReturnType<typeof docxyTokenResponse>;
+export type DocxyToken = TokenResponse;
 
 /** What the client gets: docxy's own token, or the upstream token service's answer as it was. */
 export type TokenAnswer =
-  | { source: 'docxy'; token: DocxyToken }
+  | { source: 'docxy'; token: DocxyToken; /** The docxy user it was issued to (clientAuth `docxy`). */ user?: string }
   | { source: 'upstream'; status: number; headers: HeaderValues; body: Readable };
 
 export interface TokenServiceOptions {
@@ -44,6 +45,8 @@ export interface TokenServiceOptions {
   upstream: Pick<UpstreamRegistry, 'authScheme' | 'requestToken'>;
   /** With the cache on, clients without credentials always get docxy's token (it serves them offline too). */
   cacheEnabled: boolean;
+  /** docxy as the token authority of its own users: needed when an upstream has clientAuth `docxy`. */
+  authority?: Pick<TokenAuthority, 'login' | 'issue'> | undefined;
   logger: Logger;
 }
 
@@ -133,6 +136,7 @@ export function standsInForTokenService(error: unknown, clientLogin: boolean, ca
 
 async function issueToken(options: TokenServiceOptions, target: TokenTarget, request: TokenRequest): Promise<TokenAnswer> {
   const { upstream } = target;
+  if (upstream.clientAuth === 'docxy') return userToken(options, target, request);
   const clientLogin = isClientLogin(request);
   if (!clientLogin && (upstream.credentials !== undefined || options.cacheEnabled)) {
     // docxy authenticates upstream by itself (the operator's credentials, or anonymously): the
@@ -147,6 +151,48 @@ async function issueToken(options: TokenServiceOptions, target: TokenTarget, req
     options.logger.warn({ upstream: upstream.name, err: (error as Error).message }, 'token service unavailable: docxy token issued');
     return docxyToken();
   }
+}
+
+/**
+ * docxy as the token authority of its own users (clientAuth `docxy`): the client logs in with its
+ * docxy user name and password (or static token), or none when anonymous access is on, and gets
+ * docxy's signed token granting `pull` of the requested repositories that the access rules allow.
+ * The upstream's token service is never asked: docxy fetches upstream with its own credentials.
+ */
+async function userToken(options: TokenServiceOptions, target: TokenTarget, request: TokenRequest): Promise<TokenAnswer> {
+  const { authority } = options;
+  if (!authority) throw new Error(`upstream ${target.upstream.name} has clientAuth docxy but docxy has no token authority`);
+  const principal = await authority.login(loginCredentials(request));
+  const repositories = target.scopes.flatMap((raw) => {
+    const scope = parseScope(raw);
+    const actions = scope?.actions.split(',') ?? [];
+    return scope && isRepositoryScope(scope) && (actions.includes('pull') || actions.includes('*')) ? [scope.name] : [];
+  });
+  const issued = authority.issue(principal, target.upstream.name, repositories);
+  options.logger.debug({ upstream: target.upstream.name, user: principal.user ?? null, granted: issued.access.map((a) => a.name) }, 'docxy token issued');
+  return { source: 'docxy', token: tokenResponse(issued.token, issued.expiresIn, issued.issuedAt), ...(principal.user !== undefined ? { user: principal.user } : {}) };
+}
+
+/**
+ * The credentials of a token request: Basic (docker, skopeo, podman), or containerd's OAuth2
+ * password grant (a POST form). A refresh token is not docxy's: the client logs in again.
+ */
+function loginCredentials(request: TokenRequest): Credentials | undefined {
+  const header = splitAuthorization(request.headers.authorization);
+  const grant = request.params.get('grant_type');
+  if (header !== undefined) {
+    const credentials = header.scheme === 'basic' ? parseBasic(header.value) : undefined;
+    if (!credentials) throw loginRefusal('log in with a user name and password (Basic)');
+    return credentials;
+  }
+  if (grant === 'password') {
+    const username = request.params.get('username');
+    const password = request.params.get('password');
+    if (!username || password === null) throw loginRefusal('the password grant needs username and password');
+    return { username, password };
+  }
+  if (grant === 'refresh_token') throw loginRefusal('docxy issues no refresh tokens: log in again');
+  return undefined;
 }
 
 function docxyToken(): TokenAnswer {

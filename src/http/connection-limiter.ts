@@ -1,4 +1,5 @@
-import { isIP, type BlockList, type Socket } from 'node:net';
+import type { BlockList, Socket } from 'node:net';
+import { clientKey, parseClientIp } from '../access/ip-rules.ts';
 
 /**
  * Caps the connections one client address holds open at once (IPv6 clients by their /64, the
@@ -6,7 +7,8 @@ import { isIP, type BlockList, type Socket } from 'node:net';
  * Trusted proxies are exempt: every client behind them shares their address.
  */
 export class ConnectionLimiter {
-  private readonly max: number;
+  /** The cap (`server.maxConnectionsPerIp`); a reload may change it, open connections are kept. */
+  max: number;
   private readonly exempt: BlockList;
   private readonly open = new Map<string, number>();
   /** Connections refused since start, for readiness and metrics. */
@@ -19,15 +21,13 @@ export class ConnectionLimiter {
 
   /** Counts a new connection; false (and the socket destroyed) when its address is over the cap. */
   admit(socket: Socket): boolean {
-    const address = socket.remoteAddress;
-    if (!address) {
+    const ip = socket.remoteAddress ? parseClientIp(socket.remoteAddress) : undefined;
+    if (!ip) {
       socket.destroy();
       return false;
     }
-    const plain = address.startsWith('::ffff:') ? address.slice(7) : address;
-    const family = isIP(plain) === 6 ? 'ipv6' : 'ipv4';
-    if (this.exempt.check(plain, family)) return true;
-    const key = family === 'ipv6' ? clientBlock(plain) : plain;
+    if (this.exempt.check(ip.address, ip.family)) return true;
+    const key = clientKey(ip);
     const count = this.open.get(key) ?? 0;
     if (count >= this.max) {
       this.refused++;
@@ -42,16 +42,4 @@ export class ConnectionLimiter {
     });
     return true;
   }
-}
-
-/** The /64 an IPv6 address belongs to, e.g. `2001:db8:1:2::/64`. */
-export function clientBlock(address: string): string {
-  const [head = '', tail = ''] = address.split('::');
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  const groups = address.includes('::') ? [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right] : left;
-  return `${groups
-    .slice(0, 4)
-    .map((g) => g.toLowerCase().replace(/^0+(?=.)/, ''))
-    .join(':')}::/64`;
 }

@@ -6,6 +6,7 @@ import type { Registry } from '../core/registry.ts';
 import type { RouteResolver } from '../core/route-resolver.ts';
 import type { PingService } from '../core/ping-service.ts';
 import type { TokenService } from '../core/token-service.ts';
+import type { AccessPolicy, ClientPass } from '../access/access-policy.ts';
 
 /** Everything a request handler needs, built once by the app: the core's services, never what is below them. */
 export interface HttpContext {
@@ -17,6 +18,8 @@ export interface HttpContext {
   tokens: TokenService;
   /** The `/v2/` endpoint and readiness. */
   ping: PingService;
+  /** Who may use docxy, pull what, how much: replaced as a whole on reload (SIGHUP). */
+  access: AccessPolicy;
   logger: Logger;
   version: string;
   startedAt: number;
@@ -29,6 +32,8 @@ export interface RequestLog {
   repo?: string;
   ref?: string;
   mode?: string;
+  /** The docxy user the request was authenticated as (never a credential). */
+  user?: string;
   source?: string;
   cache?: CacheOutcome;
   bytes: number;
@@ -43,4 +48,6 @@ export type RouteHandler = (
   url: URL,
   log: RequestLog,
   signal: AbortSignal,
+  /** The client as the access policy let it in (its budget, its `RateLimit-*`). */
+  client: ClientPass,
 ) => Promise<boolean>;

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { toRegistryError } from '../core/errors.ts';
+import { RegistryError } from '../oci/errors.ts';
 import type { Logger } from '../observability/logger.ts';
 
 export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
@@ -16,7 +17,22 @@ export function writeError(res: ServerResponse, error: unknown, logger: Logger):
     res.destroy(error instanceof Error ? error : undefined);
     return;
   }
-  sendJson(res, registryError.status, registryError.toBody(), registryError.headers);
+  // docxy's own refusals say what they say; an upstream's (its RateLimit-*, say) never
+  // overrides a header docxy set itself (the client's budget with docxy).
+  const headers = error instanceof RegistryError ? registryError.headers : withoutOwnHeaders(res, registryError.headers);
+  sendJson(res, registryError.status, registryError.toBody(), headers);
+}
+
+/** Sets headers of docxy's own on the answer to come (the client's `RateLimit-*`), whatever writes it. */
+export function setOwnHeaders(res: ServerResponse, headers: Record<string, string>): void {
+  for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+}
+
+/** `headers` from elsewhere (an upstream) minus those docxy has set on the answer itself. */
+export function withoutOwnHeaders<T>(res: ServerResponse, headers: Record<string, T>): Record<string, T> {
+  const kept: Record<string, T> = {};
+  for (const [name, value] of Object.entries(headers)) if (!res.hasHeader(name)) kept[name] = value;
+  return kept;
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -1,17 +1,19 @@
 import type { IncomingMessage } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
-import type { RegistryRequest } from '../core/registry.ts';
+import type { RegistryRequest, RegistryResponse } from '../core/registry.ts';
 import type { UpstreamConfig } from '../config/types.ts';
 import { withDocxyRealm } from '../core/docxy-challenge.ts';
 import { UpstreamRefusal } from '../core/errors.ts';
+import { asDocxyUser } from '../core/identity.ts';
 import type { HttpContext, RouteHandler } from './context.ts';
 import { forwardedRequestHeaders } from './headers.ts';
 import { isTrustedProxy, publicBase } from './public-base.ts';
 import { parseRegistryPath } from './registry-path.ts';
 import { sendProxyResponse } from './response-writer.ts';
+import { sendJson, setOwnHeaders } from './error-writer.ts';
 
 /** Handles `/v2/...`; returns false when the path is not part of the registry API. */
-export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, signal) => {
+export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, signal, client) => {
   const path = parseRegistryPath(url.pathname);
   if (!path) return false;
   log.route = path.kind;
@@ -30,6 +32,13 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
   if (path.kind === 'ping') {
     const upstream = (ns !== undefined ? ctx.resolver.byName(ns) : undefined) ?? ctx.resolver.upstreamForHost(req.headers.host) ?? ctx.resolver.defaultUpstream;
     log.upstream = upstream.name;
+    if (upstream.clientAuth === 'docxy') {
+      // docxy is the registry its own users log in to: it answers /v2/ itself.
+      log.source = 'docxy';
+      await ctx.access.admitPing({ upstream, authorization: req.headers.authorization, realm: realmFor(upstream) });
+      sendJson(res, 200, {});
+      return true;
+    }
     const answer = await ctx.ping.ping({ upstream, method: method!, headers: forwardedRequestHeaders(req), realm: realmFor(upstream), signal });
     if (answer.source === 'docxy') {
       log.source = 'docxy';
@@ -48,13 +57,24 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
   log.upstream = target.upstream.name;
   log.repo = target.repository;
   log.mode = target.mode;
-  const request: RegistryRequest = { target, method: method!, headers: forwardedRequestHeaders(req), signal };
+  const realm = realmFor(target.upstream);
+  // The login, the repository rules and the user's budget: before anything is asked upstream.
+  const headers = forwardedRequestHeaders(req);
+  const pass = await ctx.access.admitRegistryRequest(client, {
+    upstream: target.upstream,
+    repository: target.repository,
+    clientName: path.name,
+    authorization: headers.authorization,
+    realm,
+  });
+  if (pass.user !== undefined) log.user = pass.user;
+  setOwnHeaders(res, pass.rateLimitHeaders);
+  const request: RegistryRequest = { target, method: method!, headers: pass.docxyUser ? asDocxyUser(headers) : headers, signal };
   // Only the trusted nginx in front, which says it takes X-Accel-Redirect (its site config sets
   // X-Docxy-Accel), gets one; anyone else, a local client on the proxy's address included, gets the bytes.
   const accelPrefix = ctx.config.cache.accelRedirect?.prefix;
   if (accelPrefix !== undefined && req.headers['x-docxy-accel'] === 'on' && isTrustedProxy(req, ctx.config.trustedProxies)) request.accel = true;
   const query = forwardedQuery(url);
-  const realm = realmFor(target.upstream);
   let response;
   try {
     switch (path.kind) {
@@ -78,9 +98,21 @@ export const handleRegistry: RouteHandler = async (ctx, req, res, url, log, sign
     // An upstream refusal's challenge (an access check's 401) points at docxy's token endpoint too.
     throw error instanceof UpstreamRefusal ? error.withHeaders(withDocxyRealm(error.headers, realm)) : error;
   }
-  await sendProxyResponse(res, response, log, (headers) => withDocxyRealm(headers, realm), request.accel ? accelPrefix : undefined);
+  await sendProxyResponse(res, chargedTo(response, pass.charge), log, (headers) => withDocxyRealm(headers, realm), request.accel ? accelPrefix : undefined);
   return true;
 };
+
+/** The answer with its body bytes also counted against the client's byte budgets as they are sent. */
+function chargedTo(response: RegistryResponse, charge: (bytes: number) => void): RegistryResponse {
+  const sent = response.sent;
+  return {
+    ...response,
+    sent: (bytes) => {
+      sent?.(bytes);
+      charge(bytes);
+    },
+  };
+}
 
 /** docxy's token endpoint for an upstream: `/auth/token` for the default one, `/auth/<name>/token` for others. */
 export function realmUrl(ctx: HttpContext, req: IncomingMessage, upstream: UpstreamConfig): string {

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RegistryError } from '../oci/errors.ts';
 import type { HttpContext, RequestLog } from './context.ts';
-import { sendJson, writeError } from './error-writer.ts';
+import { sendJson, setOwnHeaders, writeError } from './error-writer.ts';
 import { clientAddress } from './public-base.ts';
 import { handleRegistry } from './registry-handler.ts';
 import { handleToken } from './token-handler.ts';
@@ -46,7 +46,7 @@ export function createRequestHandler(ctx: HttpContext) {
         writeLog();
       }),
     );
-    dispatch(ctx, req, res, log, controller.signal)
+    dispatch(ctx, req, res, log, client, controller.signal)
       .catch((error: unknown) => {
         log.error = (error as Error)?.message ?? String(error);
         if (controller.signal.aborted && res.destroyed) return;
@@ -73,9 +73,14 @@ function guarded(ctx: HttpContext, listener: () => void): () => void {
   };
 }
 
-async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerResponse, log: RequestLog, signal: AbortSignal): Promise<void> {
+const PROBES = new Set(['/health', '/ready']);
+
+async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerResponse, log: RequestLog, address: string | undefined, signal: AbortSignal): Promise<void> {
   const url = parseRequestUrl(req.url);
   checkFraming(req, res);
+  // Who may use docxy at all, and how much: before anything is routed (probes are not counted).
+  const client = ctx.access.admitClient(address, !PROBES.has(url.pathname));
+  setOwnHeaders(res, client.headers);
   if (url.pathname === '/health') {
     log.route = 'health';
     sendJson(res, 200, { status: 'ok', version: ctx.version, uptimeSeconds: Math.round((Date.now() - ctx.startedAt) / 1000) });
@@ -87,8 +92,8 @@ async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerRespo
     sendJson(res, report.status === 'ready' ? 200 : 503, report);
     return;
   }
-  if (url.pathname.startsWith('/v2') && (await handleRegistry(ctx, req, res, url, log, signal))) return;
-  if (url.pathname.startsWith('/auth/') && (await handleToken(ctx, req, res, url, log, signal))) return;
+  if (url.pathname.startsWith('/v2') && (await handleRegistry(ctx, req, res, url, log, signal, client))) return;
+  if (url.pathname.startsWith('/auth/') && (await handleToken(ctx, req, res, url, log, signal, client))) return;
   throw new RegistryError('NOT_FOUND', `no such endpoint: ${req.method} ${url.pathname.slice(0, 200)}`);
 }
 

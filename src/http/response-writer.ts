@@ -1,8 +1,9 @@
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { HeaderValues, RegistryResponse } from '../core/registry.ts';
 import type { RequestLog } from './context.ts';
-import { API_VERSION_HEADER } from './error-writer.ts';
+import { API_VERSION_HEADER, withoutOwnHeaders } from './error-writer.ts';
 import { forwardableResponseHeaders } from './headers.ts';
 
 /**
@@ -17,7 +18,7 @@ export async function sendProxyResponse(
   rewriteHeaders: (headers: HeaderValues) => HeaderValues = (headers) => headers,
   accelPrefix?: string,
 ): Promise<void> {
-  const headers = rewriteHeaders(forwardableResponseHeaders(response.headers));
+  const headers = withoutOwnHeaders(res, rewriteHeaders(forwardableResponseHeaders(response.headers)));
   // X-Accel-* from anywhere else (an upstream's answer) would make the nginx in front serve
   // what docxy never decided to serve, a private blob say: only docxy's own is sent.
   for (const name of Object.keys(headers)) if (name.startsWith('x-accel-')) delete headers[name];
@@ -28,14 +29,14 @@ export async function sendProxyResponse(
   if (res.destroyed) {
     // The client left while the answer was being prepared: let go of what feeds it (an
     // upstream transfer, a file descriptor, an eviction pin) instead of piping into nothing.
-    body?.destroy();
+    discard(body);
     return;
   }
   if (response.accel && accelPrefix !== undefined) {
     // The nginx in front sends the stored file itself (sendfile), Range included: headers only.
     log.source = 'accel';
     headers['x-accel-redirect'] = `${accelPrefix}${response.accel.path}`;
-    body?.destroy();
+    discard(body);
     res.writeHead(response.status, headers);
     res.end();
     response.sent?.(response.accel.bytes);
@@ -58,4 +59,12 @@ export async function sendProxyResponse(
     body.destroy();
     throw error;
   }
+}
+
+/**
+ * Lets go of a body nobody will read. An undici body destroyed before its end emits an 'error'
+ * (RequestAbortedError) that no one listens to any more: expected here, never an uncaught exception.
+ */
+function discard(body: Readable | undefined): void {
+  body?.on('error', () => undefined).destroy();
 }

@@ -25,7 +25,9 @@ export const handleToken: RouteHandler = async (ctx, req, res, url, log, signal)
   const answer = await ctx.tokens.token(target, { method, params, headers: forwardedRequestHeaders(req), signal });
   if (answer.source === 'docxy') {
     log.source = 'docxy';
-    sendJson(res, 200, answer.token);
+    if (answer.user !== undefined) log.user = answer.user;
+    // A token is a credential: no cache in between may keep it.
+    sendJson(res, 200, answer.token, { 'cache-control': 'no-store' });
     return true;
   }
   await sendProxyResponse(res, answer, log);

@@ -23,8 +23,18 @@ export type ContentKind = 'blob' | 'manifest';
  * The sidecar is committed BEFORE the bytes and deleted AFTER them: whenever a manifest is
  * visible its media type is too (a crash in between leaves at most an orphan sidecar).
  */
+/** Bytes of manifests kept in memory (a manifest is a few KiB; an index up to ~100 KiB). */
+const MANIFEST_MEMORY_BYTES = 8 * 1024 * 1024;
+
 export class ContentStore {
   readonly driver: StorageDriver;
+  /**
+   * Manifests read and verified lately, by digest (content-addressed, so never stale): a HEAD or
+   * GET of a cached tag is answered from memory instead of two file reads and a hash. Bounded in
+   * bytes, least recently used first out; a delete drops the entry.
+   */
+  readonly #manifests = new Map<string, { mediaType: string; bytes: Buffer }>();
+  #manifestBytes = 0;
 
   constructor(driver: StorageDriver) {
     this.driver = driver;
@@ -60,6 +70,7 @@ export class ContentStore {
 
   async delete(kind: ContentKind, digest: string): Promise<void> {
     const parsed = requireDigest(digest);
+    if (kind === 'manifest') this.#forget(parsed.value);
     await this.driver.delete(contentKey(kind, parsed));
     if (kind === 'manifest') await this.driver.delete(metaKey(parsed));
   }
@@ -91,6 +102,12 @@ export class ContentStore {
    */
   async getManifest(digest: string): Promise<{ mediaType: string; bytes: Buffer } | undefined> {
     const parsed = requireDigest(digest);
+    const remembered = this.#manifests.get(parsed.value);
+    if (remembered) {
+      this.#manifests.delete(parsed.value);
+      this.#manifests.set(parsed.value, remembered);
+      return remembered;
+    }
     const bytes = await this.driver.readAll(contentKey('manifest', parsed));
     if (bytes === undefined) return undefined;
     const meta = await this.driver.readAll(metaKey(parsed));
@@ -99,7 +116,28 @@ export class ContentStore {
       await this.delete('manifest', digest);
       return undefined;
     }
-    return { mediaType, bytes };
+    const manifest = { mediaType, bytes };
+    this.#remember(parsed.value, manifest);
+    return manifest;
+  }
+
+  #remember(digest: string, manifest: { mediaType: string; bytes: Buffer }): void {
+    if (manifest.bytes.length > MANIFEST_MEMORY_BYTES / 16) return;
+    this.#forget(digest);
+    this.#manifests.set(digest, manifest);
+    this.#manifestBytes += manifest.bytes.length;
+    for (const [oldest, entry] of this.#manifests) {
+      if (this.#manifestBytes <= MANIFEST_MEMORY_BYTES) break;
+      this.#manifests.delete(oldest);
+      this.#manifestBytes -= entry.bytes.length;
+    }
+  }
+
+  #forget(digest: string): void {
+    const entry = this.#manifests.get(digest);
+    if (!entry) return;
+    this.#manifests.delete(digest);
+    this.#manifestBytes -= entry.bytes.length;
   }
 }
 

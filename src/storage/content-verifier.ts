@@ -1,4 +1,8 @@
 import { DigestVerifier, parseDigest } from '../oci/digest.ts';
+import { openThreadedHash, type ThreadedHash } from '../oci/hash-thread.ts';
+
+/** Contents at least this large (by their expected size) are hashed on the hashing thread. */
+export const THREADED_HASH_MIN_BYTES = 4 * 1024 * 1024;
 
 /** What content must be to be stored: its digest and, when known, its length in bytes. */
 export interface ContentExpectation {
@@ -31,23 +35,30 @@ export class DigestMismatchError extends Error {
 }
 
 /**
- * The check of a verified storage write, chunk by chunk as the bytes arrive: the digest (through
- * the one DigestVerifier) and the length, which fails at once when the content outgrows it, so a
- * runaway upstream is stopped early rather than after it sent everything.
+ * The check of a verified storage write, chunk by chunk as the bytes arrive: the digest and the
+ * length, which fails at once when the content outgrows it, so a runaway upstream is stopped
+ * early rather than after it sent everything. The digest is computed by the one DigestVerifier,
+ * or, for a content announced as large (THREADED_HASH_MIN_BYTES), on the hashing thread
+ * (hash-thread.ts), off the main thread that streams it.
  */
 export class ContentVerifier {
   readonly expected: Readonly<ContentExpectation>;
   readonly #digest: DigestVerifier;
+  readonly #threaded: ThreadedHash | undefined;
   #size = 0;
 
-  /** Throws on an invalid digest or size. */
-  constructor(expected: ContentExpectation) {
+  /**
+   * Throws on an invalid digest or size. `threaded`: a large content may be hashed on the hashing
+   * thread (then `finish` must be awaited); otherwise it is hashed here and `finishNow` decides.
+   */
+  constructor(expected: ContentExpectation, options: { threaded?: boolean } = {}) {
     const digest = parseDigest(expected.digest);
     if (!digest) throw new Error(`invalid digest: ${JSON.stringify(expected.digest)}`);
     const { size } = expected;
     if (size !== undefined && (!Number.isSafeInteger(size) || size < 0)) throw new RangeError(`invalid expected size: ${size}`);
     this.expected = size === undefined ? { digest: digest.value } : { digest: digest.value, size };
     this.#digest = new DigestVerifier(digest);
+    this.#threaded = options.threaded && size !== undefined && size >= THREADED_HASH_MIN_BYTES ? openThreadedHash(digest.algorithm) : undefined;
   }
 
   /** Bytes seen so far. */
@@ -55,17 +66,46 @@ export class ContentVerifier {
     return this.#size;
   }
 
-  /** Counts and hashes a chunk; throws DigestMismatchError once the content outgrows its size. */
-  update(chunk: Buffer): void {
+  /**
+   * Counts and hashes a chunk; throws DigestMismatchError once the content outgrows its size.
+   * False: the hashing thread has all it can take, await `ready()` before the next chunk.
+   */
+  update(chunk: Buffer): boolean {
     this.#size += chunk.length;
     const { size } = this.expected;
-    if (size !== undefined && this.#size > size) throw this.#mismatch(undefined);
+    if (size !== undefined && this.#size > size) {
+      this.#threaded?.abort();
+      throw this.#mismatch(undefined);
+    }
+    if (this.#threaded) return this.#threaded.update(chunk);
     this.#digest.update(chunk);
+    return true;
   }
 
-  /** After the last chunk: throws DigestMismatchError unless the content is what was expected. */
-  finish(): void {
+  /** Resolves when the next chunk may be given (see `update`). */
+  ready(): Promise<void> {
+    return this.#threaded ? this.#threaded.ready() : Promise.resolve();
+  }
+
+  /** After the last chunk: rejects with DigestMismatchError unless the content is what was expected. */
+  async finish(): Promise<void> {
+    if (this.#threaded) {
+      const actual = `${this.expected.digest.split(':')[0]}:${await this.#threaded.digest()}`;
+      const { size } = this.expected;
+      if (actual !== this.expected.digest || (size !== undefined && this.#size !== size)) throw this.#mismatch(actual);
+      return;
+    }
+    this.finishNow();
+  }
+
+  /** `finish` for a content hashed on this thread (never a threaded one). */
+  finishNow(): void {
     if (!this.#digest.matches(this.expected.size)) throw this.#mismatch(this.#digest.actual());
+  }
+
+  /** The write was given up: the hashing thread forgets it. */
+  abandon(): void {
+    this.#threaded?.abort();
   }
 
   #mismatch(actualDigest: string | undefined): DigestMismatchError {
@@ -77,5 +117,5 @@ export class ContentVerifier {
 export function verifyContent(bytes: Buffer, expected: ContentExpectation): void {
   const verifier = new ContentVerifier(expected);
   verifier.update(bytes);
-  verifier.finish();
+  verifier.finishNow();
 }

@@ -97,7 +97,7 @@ export class FsDriver implements StorageDriver {
 
   async createWriter(key: string, expected?: ContentExpectation): Promise<StorageWriter> {
     const target = this.#path(key);
-    const verifier = expected && new ContentVerifier(expected); // an invalid expectation throws before any file exists
+    const verifier = expected && new ContentVerifier(expected, { threaded: true }); // an invalid expectation throws before any file exists
     await mkdir(this.#tmpDir, { recursive: true });
     const tmp = join(this.#tmpDir, `${randomUUID()}.tmp`);
     // Read and write: the write's followers read the temp file back on the same descriptor.

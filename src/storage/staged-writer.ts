@@ -157,8 +157,9 @@ export class StagedWriter implements StorageWriter {
 
   /** A chunk arrives: checked, handed to the followers waiting for it, passed on to be stored. */
   #arrive(chunk: Buffer, callback: TransformCallback): void {
+    let more = true;
     try {
-      this.#verifier?.update(chunk);
+      if (this.#verifier) more = this.#verifier.update(chunk);
     } catch (error) {
       callback(error as Error);
       return;
@@ -167,18 +168,25 @@ export class StagedWriter implements StorageWriter {
     this.#arrived += chunk.length;
     this.#unstored.push(chunk);
     for (const follower of this.#followers) follower.offer(chunk, offset);
-    callback(null, chunk);
+    // The hashing thread is behind: the next chunk waits for it (memory stays bounded).
+    if (more) callback(null, chunk);
+    else
+      this.#verifier!.ready().then(
+        () => callback(null, chunk),
+        (error: unknown) => callback(error as Error),
+      );
   }
 
   /** Every chunk arrived: the digest and length decide. */
   #verify(callback: TransformCallback): void {
-    try {
-      this.#verifier?.finish();
-    } catch (error) {
-      callback(error as Error);
+    if (!this.#verifier) {
+      callback();
       return;
     }
-    callback();
+    this.#verifier.finish().then(
+      () => callback(),
+      (error: unknown) => callback(error as Error),
+    );
   }
 
   /** One batch into the stage: the sink never has two in flight, so they land in order. */
@@ -218,6 +226,7 @@ export class StagedWriter implements StorageWriter {
   }
 
   async #abort(): Promise<void> {
+    this.#verifier?.abandon();
     if (!this.#sealed) {
       this.#failure ??= this.#abortReason ?? new Error('storage write was aborted');
       for (const follower of this.#followers) follower.fail(this.#failure);

@@ -6,7 +6,9 @@ export type RealmVerdict = { trusted: true } | { trusted: false; reason: string 
  * Whether docxy may send credentials (the operator's, or a client's login) to `realm`, the token
  * service an upstream named in its `/v2/` challenge. Trusted: the upstream's own origin, an
  * origin listed in its `trustedRealms`, and otherwise only https: on one of the known token hosts
- * of a built-in registry used with its own URL, anywhere for other registries.
+ * of a built-in registry used with its own URL, anywhere for other registries. A trusted realm on
+ * another origin than those the operator wrote is still connected to only at an address the egress
+ * policy allows (egress-policy.ts: no loopback, private or link-local address by default).
  */
 export function checkRealm(upstream: Pick<UpstreamConfig, 'name' | 'url' | 'trustedRealms' | 'tokenHosts'>, realm: URL): RealmVerdict {
   if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {

@@ -1,7 +1,9 @@
+import type { ConnectionOptions } from 'node:tls';
 import { Agent, type Dispatcher } from 'undici';
-import type { UpstreamConfig } from '../config/types.ts';
+import type { EgressConfig, UpstreamConfig } from '../config/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
+import { createEgressConnector, createEgressPolicy, findEgressRefusal, type EgressPolicy } from './egress-policy.ts';
 import { checkRealm } from './realm-trust.ts';
 import { TokenCache } from './token-cache.ts';
 import { UpstreamError, toUpstreamError } from './upstream-error.ts';
@@ -61,9 +63,13 @@ const CROSS_ORIGIN_HEADERS = new Set([
 type LearnedScheme = { value: AuthScheme; at: number } | { untrusted: UpstreamError; realm: string; at: number };
 
 export interface UpstreamClientOptions {
-  /** Tests inject their own (e.g. one that trusts a test CA). */
+  /** For the origins the operator configured (tests inject one that trusts a test CA). */
   dispatcher?: Dispatcher;
   logger?: Logger;
+  /** Where the upstream may send docxy (the config's `egress`); default: https only, no internal address. */
+  egress?: EgressConfig;
+  /** TLS options of the connections docxy opens itself (tests: a test CA). */
+  tls?: Pick<ConnectionOptions, 'ca'>;
 }
 
 /**
@@ -75,7 +81,12 @@ export class UpstreamClient {
   readonly name: string;
   /** Tokens docxy itself uses upstream (server-side credentials or anonymous). */
   readonly tokens: TokenCache;
+  /** For the origins the operator wrote: the upstream's URL and its trustedRealms. */
   private readonly dispatcher: Dispatcher;
+  /** For every other origin (CDNs, token realms elsewhere): connects only where the egress policy allows. */
+  private readonly egressDispatcher: Dispatcher;
+  private readonly egress: EgressPolicy;
+  private readonly ownOrigins: Set<string>;
   private readonly logger: Logger | undefined;
   private authScheme?: LearnedScheme;
   private authSchemeInFlight?: Promise<void>;
@@ -85,15 +96,17 @@ export class UpstreamClient {
     this.name = config.name;
     this.logger = options.logger;
     this.tokens = new TokenCache(this);
-    this.dispatcher =
-      options.dispatcher ??
-      new Agent({
-        connect: { timeout: config.timeouts.connectMs },
-        headersTimeout: config.timeouts.headersMs,
-        bodyTimeout: config.timeouts.bodyIdleMs,
-        keepAliveTimeout: 30_000,
-        connections: 128,
-      });
+    this.egress = createEgressPolicy(options.egress);
+    this.ownOrigins = new Set([config.url.origin, ...config.trustedRealms]);
+    const connect = { ...options.tls, timeout: config.timeouts.connectMs };
+    const pool = {
+      headersTimeout: config.timeouts.headersMs,
+      bodyTimeout: config.timeouts.bodyIdleMs,
+      keepAliveTimeout: 30_000,
+      connections: 128,
+    };
+    this.dispatcher = options.dispatcher ?? new Agent({ ...pool, connect });
+    this.egressDispatcher = new Agent({ ...pool, connect: createEgressConnector(this.egress, connect) });
   }
 
   /** Base URL joined with a path below it, keeping any path prefix of the configured URL. */
@@ -110,7 +123,8 @@ export class UpstreamClient {
     for (let hop = 0; ; hop++) {
       let response: Dispatcher.ResponseData;
       try {
-        response = await this.dispatcher.request({
+        const dispatcher = this.ownOrigins.has(url.origin) ? this.dispatcher : this.egressDispatcher;
+        response = await dispatcher.request({
           origin: url.origin,
           path: `${url.pathname}${url.search}`,
           method,
@@ -120,6 +134,8 @@ export class UpstreamClient {
         });
       } catch (error) {
         if (request.signal?.aborted) throw error;
+        const refusal = findEgressRefusal(error);
+        if (refusal) throw this.refuseEgress(url, hop > 0, `${refusal.message}; egress.allowPrivate lets docxy connect to it`);
         throw toUpstreamError(error, this.name, url.host);
       }
       const location = response.headers.location;
@@ -136,6 +152,9 @@ export class UpstreamClient {
       }
       if (url.protocol === 'https:' && next.protocol === 'http:') {
         throw new UpstreamError('protocol', this.name, `upstream ${this.name} redirected from https to plain http (${next.host}): refused`);
+      }
+      if (next.protocol === 'http:' && !this.egress.allowHttpRedirects && !this.ownOrigins.has(next.origin)) {
+        throw this.refuseEgress(next, true, 'a plain-http URL; egress.allowHttpRedirects lets docxy follow it');
       }
       // Credentials are for the registry only: never hand them to the CDN it redirects to.
       if (next.origin !== url.origin) headers = crossOriginHeaders(headers);
@@ -225,8 +244,19 @@ export class UpstreamClient {
     this.authScheme = { untrusted: new UpstreamError('untrusted', this.name, message), realm, at: Date.now() };
   }
 
+  /**
+   * Where the upstream sent docxy (a redirect, or a token realm on another origin) is not allowed
+   * by the egress policy: a warning, and the error the client gets. Only the host is named: a
+   * URL's query (a CDN's signature) or userinfo is nobody's business.
+   */
+  private refuseEgress(target: URL, redirect: boolean, reason: string): UpstreamError {
+    const what = redirect ? `redirected to ${target.host}` : `sent docxy to ${target.host}`;
+    this.logger?.warn({ upstream: this.name, target: target.host, reason }, 'egress refused: docxy does not connect there');
+    return new UpstreamError('untrusted', this.name, `upstream ${this.name} ${what}: refused (${reason})`);
+  }
+
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    await Promise.all([this.dispatcher.close(), this.egressDispatcher.close()]);
   }
 }
 

@@ -21,6 +21,7 @@ import type { ContainersEnv } from './harness/containers-env.ts';
 import { docxyClientConfig, snippetAt, startDocxyAtPublicUrl } from './harness/client-config.ts';
 import { startDockerd } from './harness/dockerd.ts';
 import type { Dockerd } from './harness/dockerd.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'nginx', 'openssl', 'containerd', 'dockerd', 'docker'];
 const PUSHER = { user: 'e2e-user', password: 'e2e-password' };
@@ -81,6 +82,7 @@ describe('dockerd pulls through docxy', { ...e2eGate(TOOLS), timeout: 90_000 }, 
 
     docxy = await startDocxyAtPublicUrl({
       upstreams: { 'docker.io': hub.registry.docxyUpstream(), 'ghcr.io': ghcr.registry.docxyUpstream() },
+      egress: LOOPBACK_EGRESS,
     });
     env = await createContainersEnv();
     const snippets = await docxyClientConfig(docxy.configPath, 'docker');

@@ -26,6 +26,7 @@ import { checkDirLayout, sha256File } from './harness/layout-check.ts';
 import { makeTempDir, removeTempDir, run, tail } from './harness/process.ts';
 import { docxyClientConfig, snippetAt, startDocxyAtPublicUrl, writeSnippets } from './harness/client-config.ts';
 import { startContainerd } from './harness/containerd.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl', 'containerd', 'ctr'];
 const PUSHER = { user: 'e2e-user', password: 'e2e-password' };
@@ -113,7 +114,7 @@ describe('docxy routes pulls to three registries', { ...e2eGate(TOOLS), timeout:
     secretsDir = await makeTempDir('multi-secrets');
     const passwordFile = join(secretsDir, 'corp-password');
     await writeFile(passwordFile, `${CORP_PASSWORD}\n`, { mode: 0o600 });
-    docxy = await startDocxyAtPublicUrl({ upstreams: upstreamsConfig({ corpPasswordFile: passwordFile }) });
+    docxy = await startDocxyAtPublicUrl({ upstreams: upstreamsConfig({ corpPasswordFile: passwordFile }), egress: LOOPBACK_EGRESS });
     env = await createContainersEnv();
   }, { timeout: 60_000 });
 
@@ -454,7 +455,7 @@ describe('docxy routes pulls to three registries', { ...e2eGate(TOOLS), timeout:
       `docxy authenticated to corp as ${CORP_USER}: ${JSON.stringify(upstreamTokens)}`);
 
     // A docxy without them: anonymous is refused, the client's own login works.
-    const plain = await startDocxy({ upstreams: upstreamsConfig({}) });
+    const plain = await startDocxy({ upstreams: upstreamsConfig({}), egress: LOOPBACK_EGRESS });
     try {
       since = plain.logs.length;
       const anonymous = await e.skopeoAllowFail(['copy', '--src-tls-verify=false',

@@ -24,6 +24,7 @@ import { assertServedFromCache as assertCached, linesFor as linesForHarness, pul
 import { httpStatus } from './harness/net.ts';
 import { tail } from './harness/process.ts';
 import { startSwitchableFront, type FrontMode, type SwitchableFront } from './harness/switchable-front.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'nginx', 'openssl'];
 const CREDS = `${E2E_USER}:${E2E_PASSWORD}`;
@@ -75,6 +76,7 @@ describe('offline on 5xx/429: docxy serves its cache when the edge before the up
     // The token service is plain http on another origin than the registry: trusted explicitly.
     docxy = await startDocxy({
       upstreams: { 'docker.io': { url: registryFront.url, trustedRealms: [tokenFront.url] } },
+      egress: LOOPBACK_EGRESS,
       cache: { tagTtlSeconds: TAG_TTL_S },
     });
     env = await createContainersEnv();

@@ -18,6 +18,7 @@ import { createContainersEnv, type ContainersEnv } from './harness/containers-en
 import { assertServedFromCache as assertCached, linesFor as linesForHarness, pullVerified } from './harness/cached-pull.ts';
 import { httpStatus } from './harness/net.ts';
 import { tail } from './harness/process.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'nginx', 'openssl'];
 const USER = E2E_USER;
@@ -41,7 +42,7 @@ describe('offline: docxy serves its cache when the upstream registry is gone', {
 
   before(async () => {
     ({ tokenServer, registry, images } = await startHubUpstream());
-    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, cache: { tagTtlSeconds: TAG_TTL_S } });
+    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, egress: LOOPBACK_EGRESS, cache: { tagTtlSeconds: TAG_TTL_S } });
     env = await createContainersEnv();
   }, { timeout: 90_000 });
 

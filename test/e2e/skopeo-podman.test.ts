@@ -17,6 +17,7 @@ import { createContainersEnv } from './harness/containers-env.ts';
 import type { ContainersEnv } from './harness/containers-env.ts';
 import { checkDirLayout, checkOciLayout } from './harness/layout-check.ts';
 import { run, tail } from './harness/process.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl'];
 const USER = E2E_USER;
@@ -40,7 +41,7 @@ describe('skopeo and podman pull through docxy', { ...e2eGate(TOOLS), timeout: 1
 
   before(async () => {
     ({ tokenServer, registry, images } = await startHubUpstream());
-    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() } });
+    docxy = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, egress: LOOPBACK_EGRESS });
     env = await createContainersEnv();
   }, { timeout: 90_000 });
 

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../e2e/harness/net.ts';
 import { startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { startDocxyChild, type DocxyChild } from './docxy-child.ts';
 import type { FuzzReport } from './fuzz-report.ts';
 import { FuzzRun } from './fuzz-run.ts';
@@ -139,6 +140,7 @@ async function writeDocxyConfig(root: string, options: ConfigOptions): Promise<s
       'docker.io': options.upstream.docxyUpstream(),
       corp: options.upstream.docxyUpstream({ hosts: ['corp.mirror.test'] }),
     },
+    egress: LOOPBACK_EGRESS,
     timeouts: { connectMs: 2_000, headersMs: 5_000, bodyIdleMs: 5_000 },
     server: { headersTimeoutMs: options.headersTimeoutMs, requestTimeoutMs: options.requestTimeoutMs },
     cache: { maxSize: '256MiB' },

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { startDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody } from '../helpers/http-client.ts';
 
 const run = promisify(execFile);
@@ -30,7 +31,7 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
     const cacheDir = join(dataDir, name);
     const configFile = join(dataDir, `${name}.yaml`);
     await writeFile(configFile, `dataDir: ${JSON.stringify(cacheDir)}\nupstreams:\n  docker.io:\n    url: ${upstream.url}\n`);
-    const docxy = await startDocxy({ dataDir: cacheDir, upstreams: { 'docker.io': { url: upstream.url } } });
+    const docxy = await startDocxy({ dataDir: cacheDir, upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS });
     try {
       const manifest = await http(`${docxy.url}/v2/library/app/manifests/1`, { headers: { accept: image.mediaType } });
       assert.equal(manifest.status, 200);
@@ -99,7 +100,7 @@ describe('docxy cache stats | ls | verify | prune, and eviction by size', () => 
   test('a running docxy keeps its cache under cache.maxSize, evicting the least recently used first', async () => {
     const blobs = [randomBytes(600_000), randomBytes(600_000), randomBytes(600_000)];
     upstream.addImage('library/sized', '1', blobs);
-    const docxy = await startDocxy({ cache: { maxSize: '1MiB' }, upstreams: { 'docker.io': { url: upstream.url } } });
+    const docxy = await startDocxy({ cache: { maxSize: '1MiB' }, upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS });
     try {
       for (const data of blobs) {
         const result = await http(`${docxy.url}/v2/library/sized/blobs/${sha256(data)}`);

@@ -12,6 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDocxy, type Docxy } from '../e2e/harness/docxy.ts';
 import { sha256, startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const MiB = 1024 * 1024;
 const KILL_AFTER_BYTES = 20 * MiB;
@@ -77,7 +78,7 @@ describe('docxy killed with SIGKILL in the middle of a cache fill', { timeout: 3
     };
     dir = await mkdtemp(join(tmpdir(), 'docxy-crash-'));
     dataDir = join(dir, 'data');
-    config = { dataDir, upstreams: { 'docker.io': { url: upstream.url } } };
+    config = { dataDir, upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS };
   });
 
   after(async () => {

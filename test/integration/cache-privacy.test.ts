@@ -13,6 +13,7 @@ import { CacheIndex } from '../../src/core/cache-index.ts';
 import { createFsDriver } from '../../src/storage/fs-driver.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody, tokenFor, type HttpResult } from '../helpers/http-client.ts';
 
 const MANIFEST_ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json';
@@ -50,13 +51,13 @@ describe('cache privacy: cached content is only served to clients who may read i
   };
   /** A docxy in front of `registry` as the suite's own is. */
   const startPlain = async (registry: FakeRegistry): Promise<RunningDocxy> => {
-    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, cache: { accessTtlSeconds: ACCESS_TTL_S } });
+    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream() }, egress: LOOPBACK_EGRESS, cache: { accessTtlSeconds: ACCESS_TTL_S } });
     started.push(instance);
     return instance;
   };
   /** A docxy that authenticates upstream as alice (the operator's server-side credentials). */
   const startOperated = async (registry: FakeRegistry): Promise<RunningDocxy> => {
-    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream({ username: 'alice', password: 'pw' }) } });
+    const instance = await startDocxy({ upstreams: { 'docker.io': registry.docxyUpstream({ username: 'alice', password: 'pw' }) }, egress: LOOPBACK_EGRESS });
     started.push(instance);
     return instance;
   };

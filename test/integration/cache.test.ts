@@ -5,6 +5,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody } from '../helpers/http-client.ts';
 
 const MANIFEST_ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json';
@@ -50,6 +51,7 @@ describe('pull-through cache', () => {
   let layerDigest: string;
   const docxyConfig = () => ({
     upstreams: { 'docker.io': { url: upstream.url } },
+    egress: LOOPBACK_EGRESS,
     cache: { tagTtlSeconds: 1, negativeTtlSeconds: 60, resumeAttempts: 5 },
   });
   /** docxy's cache counters, once the cache's background work (fill bookkeeping) is done. */

@@ -21,6 +21,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody } from '../helpers/http-client.ts';
 
 const KiB = 1024;
@@ -265,7 +266,7 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
     disk = await smallDisk();
     upstream = await startFakeRegistry({ auth: 'none', cdn: true });
     diskImage = upstream.addImage('library/disk', '1', [larger, medium, tiny, cached, small, later]);
-    docxy = await startDocxy({ dataDir: disk.dir, upstreams: { 'docker.io': { url: upstream.url } } });
+    docxy = await startDocxy({ dataDir: disk.dir, upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS });
   });
   after(async () => {
     await docxy?.close();
@@ -483,7 +484,7 @@ describe('fills in progress are bounded in number and in bytes', { timeout: 60_0
   });
 
   test('beyond cache.maxConcurrentFills, blobs stream through: clients that leave stop their upstream transfer', async () => {
-    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, cache: { maxConcurrentFills: 2 } });
+    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS, cache: { maxConcurrentFills: 2 } });
     try {
       sent.clear();
       // Six clients each ask for a different cold blob and leave after 100 ms.
@@ -507,7 +508,7 @@ describe('fills in progress are bounded in number and in bytes', { timeout: 60_0
   });
 
   test('clients that leave before their answer was written leave no descriptor open; shutting down mid-fill is clean', async () => {
-    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } } });
+    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS });
     let closed = false;
     try {
       const [a, b] = blobs as [Buffer, Buffer];
@@ -530,7 +531,7 @@ describe('fills in progress are bounded in number and in bytes', { timeout: 60_0
   });
 
   test('fills in progress count against cache.maxSize with what is stored; room is made by evicting', async () => {
-    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, cache: { maxSize: 12 * MiB } });
+    const docxy = await startDocxy({ upstreams: { 'docker.io': { url: upstream.url } }, egress: LOOPBACK_EGRESS, cache: { maxSize: 12 * MiB } });
     try {
       const [a, b] = blobs as [Buffer, Buffer];
       const both = await Promise.all([a, b].map((blob) => transfer(`${docxy.url}/v2/library/many/blobs/${sha256(blob)}`)));

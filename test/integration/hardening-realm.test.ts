@@ -13,6 +13,7 @@ import { UpstreamClient } from '../../src/upstream/upstream-client.ts';
 import { UpstreamError } from '../../src/upstream/upstream-error.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody, tokenFor } from '../helpers/http-client.ts';
 import { generateTlsFixtures, type TlsFixtures } from '../helpers/tls-keys.ts';
 
@@ -68,6 +69,7 @@ describe('a 401 from a CDN cannot send credentials to a realm of its choosing', 
     docxy = await startDocxy({
       cache: { enabled: false },
       upstreams: { 'docker.io': upstream.docxyUpstream({ username: OPERATOR, password: OPERATOR_PASSWORD }) },
+      egress: LOOPBACK_EGRESS,
     });
   });
   after(async () => {
@@ -237,7 +239,7 @@ describe('UpstreamClient redirects', () => {
     registry.listen(0, '127.0.0.1');
     await once(registry, 'listening');
     const url = `http://127.0.0.1:${(registry.address() as AddressInfo).port}`;
-    client = new UpstreamClient(resolveConfig({ upstreams: { 'docker.io': { url } } }).upstreams.get('docker.io')!);
+    client = new UpstreamClient(resolveConfig({ upstreams: { 'docker.io': { url } } }).upstreams.get('docker.io')!, { egress: LOOPBACK_EGRESS });
   });
   after(async () => {
     await client?.close();

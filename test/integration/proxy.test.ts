@@ -3,6 +3,7 @@ import { request as httpRequest } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { startFakeRegistry, sha256, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { http, jsonBody, tokenFor } from '../helpers/http-client.ts';
 
 const MANIFEST_ACCEPTS = [
@@ -24,7 +25,7 @@ describe('transparent proxy in front of a Docker-Hub-like registry', () => {
     nginx = upstream.addImage('library/nginx', '1.27', [Buffer.alloc(300_000, 1), Buffer.from('second layer')]);
     secret = upstream.addImage('alice/secret', 'v1', [Buffer.from('private bytes')]);
     // The transparent proxy of issue 2: nothing cached, so every request shows upstream.
-    docxy = await startDocxy({ publicUrl, cache: { enabled: false }, upstreams: { 'docker.io': upstream.docxyUpstream() } });
+    docxy = await startDocxy({ publicUrl, cache: { enabled: false }, upstreams: { 'docker.io': upstream.docxyUpstream() }, egress: LOOPBACK_EGRESS });
   });
   after(async () => {
     await docxy?.close();
@@ -292,6 +293,7 @@ describe('upstream failures', () => {
     docxy = await startDocxy({
       cache: { enabled: false },
       upstreams: { 'docker.io': upstream.docxyUpstream({ timeouts: { headersMs: 500, bodyIdleMs: 500 } }) },
+      egress: LOOPBACK_EGRESS,
     });
   });
   after(async () => {

@@ -189,6 +189,23 @@ describe('ContentStore', () => {
     assert.deepEqual(await stored(), { keys: [], tmp: [] });
   });
 
+  test('a manifest read once is answered from memory (no file read) until it is deleted', async () => {
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: ['memory'] }));
+    const digest = digestOf(bytes);
+    await store.putManifest(digest, OCI_MANIFEST, bytes);
+    assert.deepEqual(await store.getManifest(digest), { mediaType: OCI_MANIFEST, bytes });
+    let reads = 0;
+    const readAll = driver.readAll.bind(driver);
+    driver.readAll = (key) => {
+      reads++;
+      return readAll(key);
+    };
+    for (let i = 0; i < 5; i++) assert.deepEqual(await store.getManifest(digest), { mediaType: OCI_MANIFEST, bytes });
+    assert.equal(reads, 0, 'a remembered manifest costs no file read');
+    await store.delete('manifest', digest);
+    assert.equal(await store.getManifest(digest), undefined);
+  });
+
   test('a manifest whose bytes do not match its digest is refused', async () => {
     const bytes = Buffer.from('{"schemaVersion":2}');
     const digest = digestOf(Buffer.from('{"schemaVersion":3}'));

@@ -1,7 +1,8 @@
 // How long a tag's digest is trusted: the first matching rule, else the upstream's TTL, else the cache's.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { globToRegExp, tagTtlMs } from '../../src/core/tag-ttl.ts';
+import { tagTtlMs } from '../../src/core/tag-ttl.ts';
+import { globToRegExp } from '../../src/oci/repository-glob.ts';
 
 test('* matches within one path segment, ** across segments', () => {
   assert.ok(globToRegExp('library/*').test('library/nginx'));
