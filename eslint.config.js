@@ -3,7 +3,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'data/', 'bench/results/'] },
+  { ignores: ['node_modules/', 'dist/', 'dist-bin/', 'data/', 'bench/results/', 'test/artifacts/'] },
   {
     files: ['**/*.ts'],
     languageOptions: {

@@ -18,6 +18,15 @@ deps=(
   jq:jq
   ca-certificates:dpkg
   wrk:wrk
+  chromium:chromium
+  prometheus:promtool
+  shellcheck:shellcheck
+  runc:runc
+  busybox-static:dpkg
+  ceph-mon:ceph-mon
+  ceph-osd:ceph-osd
+  radosgw:radosgw
+  redis-server:redis-server
 )
 
 installed() {

@@ -6,7 +6,7 @@ import { globSync } from 'node:fs';
 import { requireTools } from '../test/e2e/harness/tools.ts';
 
 /** Every program some end-to-end test runs. */
-const E2E_TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl', 'containerd', 'ctr', 'dockerd', 'docker'];
+const E2E_TOOLS = ['docker-registry', 'skopeo', 'podman', 'nginx', 'openssl', 'containerd', 'ctr', 'dockerd', 'docker', 'prometheus', 'promtool', 'chromium', 'redis-server', 'ceph-mon', 'ceph-osd', 'radosgw'];
 
 const check = requireTools(E2E_TOOLS);
 const missing = check.ok ? [] : check.missing;
@@ -20,7 +20,7 @@ if (missing.length > 0) {
 }
 
 const pattern = process.argv[2];
-const files = ['test/unit', 'test/integration', 'test/e2e']
+const files = ['test/unit', 'test/integration', 'test/e2e', 'test/reliability']
   .flatMap((dir) => globSync(`${dir}/**/*.test.ts`))
   .filter((file) => !pattern || file.includes(pattern))
   .sort();

@@ -13,19 +13,30 @@ import type { Registry } from './core/registry.ts';
 import { createCachingRegistry } from './core/caching-registry.ts';
 import { CacheIndex } from './core/cache-index.ts';
 import { CacheStats } from './observability/cache-stats.ts';
+import { CacheSeries } from './observability/cache-series.ts';
+import { PullHistory } from './observability/pull-history.ts';
 import { Evictor } from './core/evictor.ts';
 import { createContentStore } from './storage/content-store.ts';
 import { createFsDriver } from './storage/fs-driver.ts';
+import { LazyS3Driver } from './storage/lazy-s3-driver.ts';
+import type { StorageDriver } from './storage/storage-driver.ts';
 import { createRouteResolver } from './core/route-resolver.ts';
 import { UpstreamClient } from './upstream/upstream-client.ts';
-import { createUpstreamRegistry, type UpstreamRegistry } from './upstream/upstream-registry.ts';
+import { createUpstreamRegistry, type FallbackSource, type UpstreamRegistry } from './upstream/upstream-registry.ts';
+import { QuotaTracker } from './upstream/quota-tracker.ts';
+import { Metrics } from './observability/metrics.ts';
 import { createTokenService } from './core/token-service.ts';
 import { PingService } from './core/ping-service.ts';
 import { withCacheCounters } from './core/counted-registry.ts';
 import { VERSION } from './version.ts';
 import { AccessPolicy } from './access/access-policy.ts';
 import { CertificateReloader } from './http/certificate-reloader.ts';
+import { withAcmeChallenges } from './http/acme-challenge.ts';
 import { createAuthenticator, type TokenAuthority } from './access/authenticator.ts';
+import { RateLimiter } from './access/rate-limiter.ts';
+import type { Coordinator } from './coordination/coordinator.ts';
+import { createCoordinator } from './coordination/create-coordinator.ts';
+import { NegativeCache } from './core/negative-cache.ts';
 
 export interface App {
   /** Starts every listener; resolves with the main listener's URL. */
@@ -64,28 +75,54 @@ export interface AppOptions {
 /** Builds docxy from a resolved config: the same way for the CLI and for tests. */
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = options.logger ?? createLogger(config.logLevel);
+  // What the replicas share (README "Scale-out"): with coordination.redis, fills, tags, 404s, tokens, budgets.
+  const coordinator = createCoordinator(config.coordination, logger);
   const clients = new Map<string, UpstreamClient>();
   for (const upstream of config.upstreams.values()) clients.set(upstream.name, new UpstreamClient(upstream, { logger, egress: config.egress }));
+  if (coordinator.values) for (const client of clients.values()) client.tokens.share(coordinator.values, config.coordination.redis?.secret);
+  // Fallback mirrors (README "Pull limits"): operator-configured origins, each with a client of its own.
+  const fallbacks = new Map<string, FallbackSource[]>();
+  for (const upstream of config.upstreams.values()) {
+    fallbacks.set(upstream.name, upstream.fallbacks.map((f) => ({ client: new UpstreamClient(f, { logger, egress: config.egress }), trustedForTags: f.trustedForTags })));
+  }
   const upstream = (name: string): UpstreamClient => {
     const client = clients.get(name);
     if (!client) throw new Error(`upstream ${name} is not configured`);
     return client;
   };
-  const upstreamRegistry = createUpstreamRegistry(upstream);
+  // Docker Hub's quota as last seen per identity, and the upstream answers' timings (/metrics).
+  const quota = new QuotaTracker();
+  const upstreamRegistry = createUpstreamRegistry(upstream, {
+    quota,
+    exchange: (answer) => metrics?.upstreamAnswered(answer),
+    failed: (name, _kind, reason) => metrics?.upstreamFailed(name, reason),
+  }, { fallbacks: (name) => fallbacks.get(name) ?? [], logger });
   const passThrough = createPassThroughRegistry(upstreamRegistry);
-  const cache = config.cache.enabled ? createCache(config, upstreamRegistry, passThrough, logger) : undefined;
+  const cache = config.cache.enabled ? createCache(config, upstreamRegistry, passThrough, logger, coordinator) : undefined;
+  const metrics = config.metrics.enabled
+    ? new Metrics({
+        version: VERSION,
+        quota,
+        ...(cache ? { cache: { stats: cache.stats, fillsInFlight: () => cache.proxy.fills.size, usage: () => cache.evictor.usage() } } : {}),
+      })
+    : undefined;
   const resolver = createRouteResolver(config);
   const authority = new LoadedAuthority(createAuthenticator(config, { logger }));
+  // Aborted by close(): the dashboard's live streams end.
+  const shutdown = new AbortController();
+  const series = config.dashboard.enabled && cache ? new CacheSeries(cache.stats) : undefined;
   const ctx: HttpContext = {
     config,
     resolver,
     registry: cache ? withCacheCounters(cache.proxy, cache.stats) : passThrough,
     tokens: createTokenService({ resolver, upstream: upstreamRegistry, cacheEnabled: cache !== undefined, authority: authority.delegate, logger }),
-    access: new AccessPolicy(config.access, authority.delegate),
-    ping: new PingService({ upstream: upstreamRegistry, upstreams: clients.keys(), defaultUpstream: resolver.defaultUpstream.name, cache: cache ? { stats: cache.stats, storage: () => cache.proxy.storage() } : undefined, logger }),
+    access: new AccessPolicy(config.access, authority.delegate, sharedBudgets(config, coordinator)),
+    ping: new PingService({ upstream: upstreamRegistry, pullLimits: upstreamRegistry.pullLimits, upstreams: clients.keys(), defaultUpstream: resolver.defaultUpstream.name, cache: cache ? { stats: cache.stats, storage: () => cache.proxy.storage() } : undefined, logger }),
     logger,
     version: VERSION,
     startedAt: Date.now(),
+    dashboard: config.dashboard.enabled ? { pulls: new PullHistory(), series, quota, closing: shutdown.signal } : undefined,
+    metrics,
   };
   const handler = createRequestHandler(ctx);
   // Slow clients are cut off: the request (headers and body) must arrive within its timeouts;
@@ -100,11 +137,16 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const server: Server = httpsServer ?? createHttpServer(serverOptions, handler);
   // A renewed certificate is picked up when its files change, or on reloadTls() (SIGHUP).
   const certificates = httpsServer && config.tls ? new CertificateReloader(httpsServer, config.tls, logger) : undefined;
-  const redirectServer = config.httpRedirect ? createHttpServer(serverOptions, redirectHandler(config)) : undefined;
+  const redirectServer = config.httpRedirect ? createHttpServer(serverOptions, withAcmeChallenges(config.acme?.webroot, redirectHandler(config))) : undefined;
   const servers = [server, ...(redirectServer ? [redirectServer] : [])];
   const limiter = new ConnectionLimiter(config.server.maxConnectionsPerIp, config.trustedProxies);
   const sockets = new Set<Socket>();
+  /** Shutting down: answers still given say the connection closes after them. */
+  let closing = false;
   for (const s of servers) {
+    s.on('request', (_req: unknown, res: { shouldKeepAlive: boolean }) => {
+      if (closing) res.shouldKeepAlive = false;
+    });
     s.on('connection', (socket: Socket) => {
       if (!limiter.admit(socket)) return;
       sockets.add(socket);
@@ -140,6 +182,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         statsTimer = setInterval(() => cache.logStats(), STATS_LOG_INTERVAL_MS);
         statsTimer.unref();
       }
+      series?.start();
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
       logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl && displayUrl(config.publicUrl) }, 'listening');
       if (redirectServer && config.httpRedirect) {
@@ -168,20 +211,31 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     },
     async close(graceMs = config.server.shutdownGraceMs) {
       certificates?.close();
+      shutdown.abort();
+      series?.stop();
       const closed = servers.map((s) => (s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve()));
+      closing = true;
       for (const s of servers) s.closeIdleConnections();
+      // A keep-alive connection whose transfer ends during the grace is idle from then on: close
+      // it at once, or server.close() would wait for it until keepAliveTimeoutMs or the deadline.
+      const idle = setInterval(() => {
+        for (const s of servers) s.closeIdleConnections();
+      }, 100);
+      idle.unref();
       const timer = setTimeout(() => {
         for (const socket of sockets) socket.destroy();
         for (const s of servers) s.closeAllConnections();
       }, graceMs);
       timer.unref();
       await Promise.all(closed);
+      clearInterval(idle);
       clearTimeout(timer);
       if (statsTimer) clearInterval(statsTimer);
       cache?.logStats(true);
       cache?.evictor.close();
       await cache?.proxy.close();
-      await Promise.all([...clients.values()].map((c) => c.close()));
+      await Promise.all([...clients.values(), ...[...fallbacks.values()].flat().map((f) => f.client)].map((c) => c.close()));
+      await coordinator.close();
     },
   };
 }
@@ -234,8 +288,20 @@ function createStatsLogger(stats: CacheStats, logger: Logger): (always?: boolean
 }
 
 /** The pull-through cache on the filesystem driver under dataDir. */
-function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Registry, logger: Logger) {
-  const driver = createFsDriver({ root: config.dataDir });
+/** The access budgets every replica spends from (coordination.redis), or none: the policy's own. */
+function sharedBudgets(config: Config, coordinator: Coordinator): ConstructorParameters<typeof AccessPolicy>[2] {
+  const buckets = coordinator.buckets;
+  if (!buckets) return {};
+  return {
+    budgets: {
+      perIp: new RateLimiter(config.access.limits.perIp, { shared: { buckets, name: 'ip' } }),
+      perUser: new RateLimiter(config.access.limits.perUser, { shared: { buckets, name: 'user' } }),
+    },
+  };
+}
+
+function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Registry, logger: Logger, coordinator: Coordinator) {
+  const driver = createStorageDriver(config);
   const store = createContentStore(driver);
   const stats = new CacheStats();
   const evictor = new Evictor({ store, maxBytes: config.cache.maxSize, stats, logger });
@@ -244,13 +310,22 @@ function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Re
     upstream,
     driver,
     store,
-    index: new CacheIndex(driver),
+    index: new CacheIndex(driver, { shared: coordinator.values }),
+    coordinator,
+    negativeCache: new NegativeCache({ ttlMs: config.cache.negativeTtlSeconds * 1000, shared: coordinator.messages }),
     stats,
     evictor,
     config: config.cache,
     logger,
   });
   return { driver, store, stats, evictor, proxy, logStats: createStatsLogger(stats, logger) };
+}
+
+/** `storage.driver`: files under dataDir, or an S3 bucket (with a local spool under dataDir). */
+export function createStorageDriver(config: Config): StorageDriver {
+  if (config.storage.driver === 'filesystem') return createFsDriver({ root: config.dataDir });
+  const { redirect, ...s3 } = config.storage.s3;
+  return new LazyS3Driver({ ...s3, ...(redirect.enabled ? { redirectExpiresSeconds: redirect.expiresSeconds } : {}) });
 }
 
 async function listenOn(server: Server, address: ListenAddress, scheme: string): Promise<string> {

@@ -1,15 +1,17 @@
 import { Command } from 'commander';
-import { createApp, type App } from './app.ts';
+import { createApp, createStorageDriver, type App } from './app.ts';
 import { createAuthenticator } from './access/authenticator.ts';
 import { CLIENT_KINDS, clientConfig, renderSnippets, type ClientKind } from './clients/client-config.ts';
 import { cacheUsage, listTags, prune, verify } from './core/cache-admin.ts';
 import { displayUrl } from './config/credentials.ts';
 import { loadConfig } from './config/load.ts';
 import { parseByteSize } from './config/schema.ts';
+import { describeStorage } from './config/storage.ts';
+import { describeCoordination } from './config/coordination.ts';
 import { ConfigError, type Config } from './config/types.ts';
 import { createLogger } from './observability/logger.ts';
 import { createContentStore } from './storage/content-store.ts';
-import { createFsDriver } from './storage/fs-driver.ts';
+import type { UpstreamPullLimits } from './upstream/upstream-registry.ts';
 import { VERSION } from './version.ts';
 
 /** Loads the config or exits with every problem named; never a stack trace. */
@@ -148,12 +150,30 @@ export function buildCli(): Command {
       }
     });
 
-  const cache = program.command('cache').description('inspect and maintain the cache in dataDir').version(VERSION, '-V, --version');
+  program
+    .command('quota')
+    .description("each upstream's pull quota per identity, the pacer and the fallbacks, from a running docxy's /ready")
+    .option('-c, --config <file>', 'YAML config file (its listen address, or publicUrl, is where docxy runs)')
+    .option('--url <url>', 'the running docxy (default: from the config)')
+    .option('--json', 'machine-readable output')
+    .version(VERSION, '-V, --version')
+    .action(async (options: { config?: string; url?: string; json?: boolean }) => {
+      const base = options.url ?? runningUrl(configOrExit(options.config));
+      try {
+        const limits = await fetchPullLimits(base);
+        process.stdout.write(options.json ? `${JSON.stringify(limits, null, 2)}\n` : formatPullLimits(limits));
+      } catch (error) {
+        process.stderr.write(`docxy: cannot read the quota from ${base}/ready: ${(error as Error).message}\n`);
+        process.exit(1);
+      }
+    });
+
+  const cache = program.command('cache').description('inspect and maintain the cache (in dataDir, or the configured S3 bucket)').version(VERSION, '-V, --version');
   const cacheCommand = (name: string, description: string) =>
     cache.command(name).description(description).option('-c, --config <file>', 'YAML config file (its dataDir is the cache)').option('--json', 'machine-readable output').version(VERSION, '-V, --version');
   const openCache = (file: string | undefined) => {
     const config = configOrExit(file);
-    const driver = createFsDriver({ root: config.dataDir });
+    const driver = createStorageDriver(config);
     return { config, driver, store: createContentStore(driver) };
   };
   const print = (json: boolean | undefined, data: unknown, text: string) => process.stdout.write(json ? `${JSON.stringify(data, null, 2)}\n` : `${text}\n`);
@@ -222,6 +242,36 @@ function reloadedAside(config: Config): Record<string, unknown> {
   return { ...describeConfig(config), access: undefined, server: { ...config.server, maxConnectionsPerIp: undefined } };
 }
 
+/** Where a docxy run with `config` answers: its publicUrl, else its listen address (a wildcard host as loopback). */
+function runningUrl(config: Config): string {
+  if (config.publicUrl) return config.publicUrl.href.replace(/\/+$/, '');
+  const { host, port } = config.listen;
+  const local = host === '' || host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `${config.tls ? 'https' : 'http'}://${local.includes(':') ? `[${local}]` : local}:${port}`;
+}
+
+/** `/ready`'s pullLimits section (it answers 503 when an upstream is down, with the same report). */
+export async function fetchPullLimits(base: string): Promise<Record<string, UpstreamPullLimits>> {
+  const response = await fetch(`${base.replace(/\/+$/, '')}/ready`, { signal: AbortSignal.timeout(10_000) });
+  const report = (await response.json()) as { pullLimits?: Record<string, UpstreamPullLimits> };
+  if (!report.pullLimits) throw new Error(`HTTP ${response.status} without a pullLimits section (an older docxy?)`);
+  return report.pullLimits;
+}
+
+/** One block per upstream: each identity's quota and state, the pacer, the fallbacks. */
+export function formatPullLimits(limits: Record<string, UpstreamPullLimits>): string {
+  const lines: string[] = [];
+  for (const [upstream, entry] of Object.entries(limits)) {
+    const pacing = entry.pacing.requestsPerSecond > 0 ? `${entry.pacing.requestsPerSecond}/s, ${entry.pacing.waiting} waiting` : 'off';
+    lines.push(`${upstream}  (manifest pacing ${pacing}${entry.fallbacks.length > 0 ? `; fallbacks ${entry.fallbacks.join(', ')}` : ''})`);
+    for (const id of entry.identities) {
+      const quota = id.remaining !== undefined ? `${id.remaining}/${id.limit ?? '?'} left${id.windowSeconds !== undefined ? ` per ${id.windowSeconds} s` : ''}` : 'no quota seen';
+      lines.push(`  ${id.identity.padEnd(12)} ${id.state.padEnd(10)} ${quota}${id.until ? `  until ${id.until}` : ''}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** The effective config as plain data, with every secret masked. */
 export function describeConfig(config: Config): Record<string, unknown> {
   return {
@@ -231,6 +281,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     logLevel: config.logLevel,
     tls: config.tls ? { cert: config.tls.certPath, key: config.tls.keyPath } : null,
     httpRedirect: config.httpRedirect ? config.httpRedirect.listen : null,
+    acme: config.acme ?? null,
     trustedProxies: config.trustedProxyList,
     cache: config.cache,
     defaultUpstream: config.defaultUpstream,
@@ -243,6 +294,14 @@ export function describeConfig(config: Config): Record<string, unknown> {
           aliases: u.aliases,
           hosts: u.hosts,
           credentials: u.credentials ? { username: u.credentials.username, password: '********' } : null,
+          credentialPool: u.credentialPool.map((c) => ({ username: c.username, password: '********' })),
+          pacing: u.pacing,
+          fallbacks: u.fallbacks.map((f) => ({
+            url: displayUrl(f.url),
+            trustedForTags: f.trustedForTags,
+            credentials: f.credentials ? { username: f.credentials.username, password: '********' } : null,
+            trustedRealms: f.trustedRealms,
+          })),
           trustedRealms: u.trustedRealms,
           timeouts: u.timeouts,
           clientAuth: u.clientAuth,
@@ -255,5 +314,9 @@ export function describeConfig(config: Config): Record<string, unknown> {
       tokens: config.access.tokens.map(({ token, ...entry }) => ({ ...entry, ...(token !== undefined ? { token: '********' } : {}) })),
     },
     egress: config.egress,
+    metrics: { ...config.metrics, ...(config.metrics.token !== undefined ? { token: '********' } : {}) },
+    dashboard: config.dashboard,
+    storage: describeStorage(config.storage),
+    coordination: describeCoordination(config.coordination),
   };
 }

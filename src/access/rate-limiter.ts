@@ -1,3 +1,5 @@
+import type { SharedBuckets } from '../coordination/coordinator.ts';
+
 /** The limits of one kind of client (`access.limits.perIp` or `perUser`); unset: unlimited. */
 export interface Limits {
   requestsPerMinute?: number | undefined;
@@ -28,6 +30,11 @@ export interface RateLimiterOptions {
   now?: () => number;
   /** At most this many clients are tracked; beyond it, full budgets go first, then the least recently seen. */
   maxKeys?: number;
+  /**
+   * The other replicas' budgets (coordination.redis), under `name` (`ip`, `user`): every charge
+   * is also taken from the shared bucket, atomically, and the shared level replaces this one's.
+   */
+  shared?: { buckets: SharedBuckets; name: string } | undefined;
 }
 
 interface Bucket {
@@ -60,6 +67,11 @@ const SWEEP_INTERVAL_MS = 60_000;
  * a budget is exhausted; bytes are charged as they are sent, so a transfer in progress may
  * overdraw the byte budget (it is never cut) and the next request waits until it is paid back.
  * Memory is bounded: a full bucket is the same as none and is dropped, and at most `maxKeys` are kept.
+ *
+ * Shared across replicas (`shared`), the decision is still made here, at once, on this replica's
+ * copy of the bucket; each charge then goes to Redis (one atomic script) and the level it answers
+ * replaces the copy. So every replica spends from one budget, and one that has not heard back yet
+ * may let through what its copy still allows (at most the requests in flight to Redis).
  */
 export class RateLimiter {
   private limits: Limits;
@@ -67,9 +79,11 @@ export class RateLimiter {
   private readonly maxKeys: number;
   private readonly entries = new Map<string, Entry>();
   private lastSweep: number;
+  private readonly shared: RateLimiterOptions['shared'];
 
   constructor(limits: Limits, options: RateLimiterOptions = {}) {
     this.limits = limits;
+    this.shared = options.shared;
     this.now = options.now ?? (() => performance.now());
     this.maxKeys = options.maxKeys ?? 100_000;
     this.lastSweep = this.now();
@@ -99,7 +113,10 @@ export class RateLimiter {
     const before = this.states(entry, now);
     const refused = before.find((state) => state.retryAfterSeconds > 0);
     if (refused) return { budgets: before, refused };
-    if (positive(this.limits.requestsPerMinute) !== undefined) entry.requests.level -= 1;
+    if (positive(this.limits.requestsPerMinute) !== undefined) {
+      entry.requests.level -= 1;
+      this.share(key, 'requests', 1, false);
+    }
     return { budgets: this.states(entry, now) };
   }
 
@@ -109,7 +126,24 @@ export class RateLimiter {
     const now = this.now();
     const entry = this.entries.get(key) ?? this.entry(key, now);
     const bucket = this.refilled(entry, 'bytes', now);
-    if (bucket) bucket.level -= bytes;
+    if (!bucket) return;
+    bucket.level -= bytes;
+    this.share(key, 'bytes', bytes, true);
+  }
+
+  /** Takes the same charge from the shared bucket and adopts its level (Redis failing: this replica's own budgets only). */
+  private share(key: string, kind: Kind, cost: number, force: boolean): void {
+    const { shared } = this;
+    const spec = KINDS.find((k) => k.kind === kind)!;
+    const limit = spec.limit(this.limits);
+    if (!shared || limit === undefined) return;
+    shared.buckets.take(`${shared.name}:${kind}:${key}`, limit, spec.periodMs, cost, force).then(
+      ({ level }) => {
+        const entry = this.entries.get(key);
+        if (entry) entry[kind] = { level: Math.min(limit, level), at: this.now() };
+      },
+      () => undefined,
+    );
   }
 
   /** The budgets of `key` now, without charging anything. */

@@ -11,7 +11,7 @@ import type { ConfigProblem } from './types.ts';
  * added to `problems` (under `path`, the entry's dotted path), and then nothing is returned.
  */
 export function resolveCredentials(
-  entry: ParsedConfig['upstreams'][string],
+  entry: Pick<ParsedConfig['upstreams'][string], 'username' | 'password' | 'passwordFile' | 'passwordEnv'>,
   env: NodeJS.ProcessEnv,
   path: string,
   problems: ConfigProblem[],

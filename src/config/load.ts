@@ -3,7 +3,10 @@ import { BlockList, isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { resolveCredentials } from './credentials.ts';
 import { presetTokenHosts, UPSTREAM_PRESETS } from './presets.ts';
+import { resolvePullLimits } from './pull-limits.ts';
 import { configSchema } from './schema.ts';
+import { resolveStorage } from './storage.ts';
+import { resolveCoordination } from './coordination.ts';
 import { loadTls } from './tls.ts';
 import { ConfigError, type Config, type ConfigProblem, type UpstreamConfig } from './types.ts';
 
@@ -68,16 +71,21 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     const credentials = resolveCredentials(entry, env, path, problems);
     const url = new URL(urlText.replace(/\/+$/, ''));
     const tokenHosts = presetTokenHosts(url);
+    const timeouts = { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) };
+    // A pool without the single username/password still means "the operator configured credentials".
+    const limits = resolvePullLimits(entry, credentials, timeouts, env, path, problems);
+    const serverCredentials = credentials ?? limits.credentialPool[0];
     upstreams.set(name, {
       name,
       url,
       libraryPrefix: entry.libraryPrefix ?? preset?.libraryPrefix ?? false,
       aliases: entry.aliases,
       hosts: entry.hosts.map(normalizeHost),
-      ...(credentials ? { credentials } : {}),
+      ...(serverCredentials ? { credentials: serverCredentials } : {}),
+      ...limits,
       trustedRealms: entry.trustedRealms.map((origin) => new URL(origin).origin),
       ...(tokenHosts ? { tokenHosts } : {}),
-      timeouts: { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) },
+      timeouts,
       ...(entry.tagTtlSeconds !== undefined ? { tagTtlSeconds: entry.tagTtlSeconds } : {}),
       clientAuth: entry.clientAuth ?? (docxyUsers ? 'docxy' : 'forward'),
     });
@@ -92,6 +100,9 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     problems.push({ path: 'httpRedirect', message: 'needs publicUrl: the redirect target is built from it' });
   }
 
+  const metricsToken = resolveMetricsToken(parsed.metrics, problems);
+  const storage = resolveStorage(parsed.storage, parsed.dataDir, env, problems);
+  const coordination = resolveCoordination(parsed.coordination, env, problems);
   if (problems.length > 0) throw new ConfigError(problems, source);
   return {
     listen: parsed.listen,
@@ -100,6 +111,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     logLevel: parsed.logLevel,
     ...(tls ? { tls } : {}),
     ...(parsed.httpRedirect ? { httpRedirect: parsed.httpRedirect } : {}),
+    ...(parsed.acme ? { acme: parsed.acme } : {}),
     trustedProxies,
     trustedProxyList: parsed.trustedProxies,
     defaultUpstream: parsed.defaultUpstream,
@@ -108,7 +120,25 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     server: parsed.server,
     access: parsed.access,
     egress: parsed.egress,
+    coordination,
+    storage,
+    dashboard: parsed.dashboard,
+    metrics: { enabled: parsed.metrics.enabled, ...(metricsToken !== undefined ? { token: metricsToken } : {}) },
   };
+}
+
+/** The `/metrics` bearer token, inline or read from `tokenFile` (one trailing newline removed); never logged. */
+function resolveMetricsToken(metrics: { token?: string | undefined; tokenFile?: string | undefined }, problems: ConfigProblem[]): string | undefined {
+  if (metrics.tokenFile === undefined) return metrics.token;
+  let token: string;
+  try {
+    token = readFileSync(metrics.tokenFile, 'utf8').replace(/\r?\n$/, '');
+  } catch (error) {
+    problems.push({ path: 'metrics.tokenFile', message: `cannot read ${metrics.tokenFile}: ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}` });
+    return undefined;
+  }
+  if (token.length < 16) problems.push({ path: 'metrics.tokenFile', message: 'the token must be at least 16 characters long' });
+  return token;
 }
 
 /**

@@ -54,14 +54,41 @@ const timeoutsSchema = z.strictObject({
   bodyIdleMs: duration.default(60_000),
 });
 
+/** A login's password: inline, read from a file (trailing newline removed) or from an environment variable (see config/credentials.ts). */
+const passwordSources = {
+  password: z.string().min(1).optional(),
+  passwordFile: z.string().min(1).optional(),
+  passwordEnv: z.string().min(1).optional(),
+};
+
+/** One server-side login to an upstream: `username` and one password source. */
+const upstreamCredential = z.strictObject({ username: z.string().min(1), ...passwordSources });
+
+/** Another registry with the same content (README "Pull limits"): used when the primary is rate-limited or down. */
+const upstreamFallback = z.strictObject({
+  url: httpUrl,
+  /** Tags may be resolved here too (by default only content by digest, verified, comes from a fallback). */
+  trustedForTags: z.boolean().default(false),
+  username: z.string().min(1).optional(),
+  ...passwordSources,
+  /** Token service origins this fallback may name besides its own (as an upstream's `trustedRealms`). */
+  trustedRealms: z.array(realmOrigin).default([]),
+});
+
 const upstream = z.strictObject({
   url: httpUrl.optional(),
+  /** More logins for docxy's own requests (a pool, with `username` above and anonymous): each pull goes as the one with the most quota left. */
+  credentials: z.array(upstreamCredential).default([]),
+  /** Upstream manifest requests per second (a token bucket, so docxy never trips an abuse limit); 0: unpaced. */
+  manifestRequestsPerSecond: z.number().nonnegative().default(10),
+  /** How many manifest requests may go at once after a quiet spell. */
+  manifestBurst: z.number().int().positive().default(20),
+  /** Manifest requests waiting for the pacer at most; beyond, a client gets 429 TOOMANYREQUESTS. */
+  manifestQueueLimit: z.number().int().nonnegative().default(200),
+  /** Ordered mirrors of the same content, for when this upstream answers 429 or is down. */
+  fallbacks: z.array(upstreamFallback).default([]),
   username: z.string().min(1).optional(),
-  password: z.string().min(1).optional(),
-  /** Read the password from this file (trailing newline removed). */
-  passwordFile: z.string().min(1).optional(),
-  /** Read the password from this environment variable. */
-  passwordEnv: z.string().min(1).optional(),
+  ...passwordSources,
   /** Host names whose requests go to this upstream. */
   hosts: z.array(z.string().min(1)).default([]),
   /** Extra path-prefix names for this upstream (`/v2/<alias>/repo/...`). */
@@ -228,6 +255,84 @@ const egressSchema = z.strictObject({
   allowHttpRedirects: z.boolean().default(false),
 });
 
+const hostPort = z.strictObject({ host: z.string().min(1), port: z.number().int().min(1).max(65_535) });
+
+/** How replicas of one deployment coordinate (README "Scale-out"); without `redis`, each on its own. */
+const coordinationSchema = z.strictObject({
+  redis: z
+    .strictObject({
+      /** Standalone Redis: `redis://[user:password@]host:port[/db]` or `rediss://` (TLS). */
+      url: z.string().regex(/^rediss?:\/\//, 'expected a redis:// or rediss:// URL').optional(),
+      /** Redis Sentinel: the sentinels, and the master's `name` they know. */
+      sentinels: z.array(hostPort).min(1).optional(),
+      name: z.string().min(1).optional(),
+      /** Redis Cluster: seed nodes. */
+      cluster: z.array(hostPort).min(1).optional(),
+      username: z.string().min(1).optional(),
+      /** The password (ACL or requirepass): inline, from a file (one trailing newline removed) or an environment variable. */
+      password: z.string().min(1).optional(),
+      passwordFile: z.string().min(1).optional(),
+      passwordEnv: z.string().min(1).optional(),
+      /** Prefixed to every key and channel: several deployments may share one Redis. */
+      keyPrefix: z.string().default('docxy:'),
+      /** Encrypts the upstream tokens kept in Redis (AES-256-GCM, key derived from it; at least 16 characters); every replica needs the same. */
+      secret: z.string().min(16).optional(),
+      secretFile: z.string().min(1).optional(),
+      secretEnv: z.string().min(1).optional(),
+    })
+    .refine((r) => [r.url, r.sentinels, r.cluster].filter((v) => v !== undefined).length === 1, { error: 'set exactly one of url, sentinels or cluster' })
+    .optional(),
+  /** A blob lease's lifetime without renewal: a crashed replica's fill is taken over within about this long. */
+  leaseTtlMs: z.number().int().min(300).default(10_000),
+  /** How often a replica waiting for another's fill looks at the shared storage (besides Redis's "done" message). */
+  pollMs: z.number().int().positive().default(500),
+  /** A replica waits this long for another's live fill of a blob, then streams the blob through itself. */
+  followerTimeoutMs: z.number().int().positive().default(300_000),
+});
+
+/** One secret of the `storage.s3` section: inline, from a file (trailing newline removed) or from an environment variable. */
+const secretSources = <K extends string>(name: K) =>
+  ({
+    [name]: z.string().min(1).optional(),
+    [`${name}File`]: z.string().min(1).optional(),
+    [`${name}Env`]: z.string().min(1).optional(),
+  }) as Record<K | `${K}File` | `${K}Env`, z.ZodOptional<z.ZodString>>;
+
+/** Content in an S3-compatible bucket (README "Object storage (S3)"). */
+const s3StorageSchema = z.strictObject({
+  /** `https://s3.eu-west-1.amazonaws.com`, `http://minio:9000`, a Ceph RGW...; absent: AWS's endpoint for `region`. */
+  endpoint: httpUrl.optional(),
+  bucket: z.string().min(3).max(63),
+  /** `us-east-1` unless the server's zonegroup/region says otherwise. */
+  region: z.string().min(1).default('us-east-1'),
+  /** Prepended to every key (`docxy/` -> `docxy/blobs/sha256/...`), so several deployments may share a bucket. */
+  prefix: z.string().default(''),
+  /** `endpoint/bucket/key` (true: MinIO, RGW without wildcard DNS) or `bucket.endpoint/key` (false: AWS). */
+  forcePathStyle: z.boolean().default(false),
+  /** Without a key pair: the AWS SDK's default chain (AWS_* variables, profile, instance or pod role). */
+  ...secretSources('accessKeyId'),
+  ...secretSources('secretAccessKey'),
+  /** Multipart part size: parts are uploaded while a blob is still arriving (S3's minimum is 5 MiB). */
+  partSizeMiB: z.number().int().min(5).max(5120).default(16),
+  /** At start-up, multipart uploads under the prefix older than this are aborted (a replica that died mid-write). */
+  staleUploadHours: z.number().positive().default(24),
+  /** Hits answered with a 307 to a presigned GET URL instead of streamed through docxy (access is checked first). */
+  redirect: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      expiresSeconds: z.number().int().min(1).max(604_800).default(300),
+    })
+    .prefault({}),
+});
+
+/** Where cached content lives: files under `dataDir` (the default) or an S3 bucket. */
+const storageSchema = z
+  .strictObject({
+    driver: z.enum(['filesystem', 's3']).default('filesystem'),
+    s3: s3StorageSchema.optional(),
+  })
+  .refine((storage) => storage.driver !== 's3' || storage.s3 !== undefined, { error: 'driver "s3" needs an s3 section (bucket, ...)', path: ['s3'] });
+
 export const configSchema = z.strictObject({
   listen: listenAddress.prefault('127.0.0.1:5000'),
   /** The URL clients reach docxy at; token realms and redirects are built from it. */
@@ -242,8 +347,10 @@ export const configSchema = z.strictObject({
       key: z.string().min(1),
     })
     .optional(),
-  /** A plain-HTTP listener that answers every request with a 301 to `publicUrl`. */
+  /** A plain-HTTP listener that answers every request with a 301 to `publicUrl` (ACME challenges excepted). */
   httpRedirect: z.strictObject({ listen: listenAddress }).optional(),
+  /** ACME http-01 challenges: what certbot/acme.sh `--webroot DIR` write under DIR/.well-known/acme-challenge/, served on every listener. */
+  acme: z.strictObject({ webroot: z.string().min(1) }).optional(),
   /** Addresses (IPs or CIDRs) whose X-Forwarded-Proto/Host/For headers are believed. */
   trustedProxies: z.array(z.string().min(1)).default([]),
   defaultUpstream: z.string().min(1).default('docker.io'),
@@ -254,6 +361,19 @@ export const configSchema = z.strictObject({
   cache: cacheSchema.prefault({}),
   access: accessSchema.prefault({}),
   egress: egressSchema.prefault({}),
+  coordination: coordinationSchema.prefault({}),
+  storage: storageSchema.prefault({}),
+  /** The page at `/` and `/ui`, and its JSON at `/api/stats` (README "Dashboard"); behind access.allowIps/denyIps like everything. */
+  dashboard: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+  /** `GET /metrics` (Prometheus, README "Metrics"): behind allowIps/denyIps, not the rules; a bearer token (inline or a file) when set. */
+  metrics: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      token: z.string().min(16).optional(),
+      tokenFile: z.string().min(1).optional(),
+    })
+    .refine((m) => m.token === undefined || m.tokenFile === undefined, { error: 'set token or tokenFile, not both' })
+    .prefault({}),
 });
 
 export type ParsedConfig = z.output<typeof configSchema>;

@@ -13,6 +13,35 @@ export type Timeouts = ParsedConfig['timeouts'];
 export type AccessConfig = ParsedConfig['access'];
 export type AccessRule = AccessConfig['rules'][number];
 export type EgressConfig = ParsedConfig['egress'];
+export type DashboardConfig = ParsedConfig['dashboard'];
+/** The `coordination` section, its password and secret read from where they are given (`config/coordination.ts`). */
+export type CoordinationConfig = Omit<ParsedConfig['coordination'], 'redis'> & {
+  redis?: Omit<NonNullable<ParsedConfig['coordination']['redis']>, 'passwordFile' | 'passwordEnv' | 'secretFile' | 'secretEnv'>;
+};
+/** The `storage` section, resolved (src/config/storage.ts): the key pair read, sizes in bytes. */
+export type StorageConfig =
+  | { driver: 'filesystem' }
+  | {
+      driver: 's3';
+      s3: {
+        endpoint?: string;
+        bucket: string;
+        region: string;
+        prefix: string;
+        forcePathStyle: boolean;
+        credentials?: { accessKeyId: string; secretAccessKey: string };
+        partSize: number;
+        staleUploadMs: number;
+        /** Local spool files of writes in progress (under dataDir). */
+        spoolDir: string;
+        redirect: { enabled: boolean; expiresSeconds: number };
+      };
+    };
+/** The `metrics` section, its token read from `tokenFile` when given there. */
+export interface MetricsConfig {
+  enabled: boolean;
+  token?: string;
+}
 
 export interface UpstreamConfig {
   /** The key under `upstreams`, e.g. `docker.io`. */
@@ -22,6 +51,15 @@ export interface UpstreamConfig {
   aliases: string[];
   hosts: string[];
   credentials?: { username: string; password: string };
+  /**
+   * Every login docxy's own requests may go as: `credentials` above first, then the `credentials`
+   * list (anonymous is always there besides). Empty without any.
+   */
+  credentialPool: Array<{ username: string; password: string }>;
+  /** The token bucket of upstream manifest requests (`manifestRequestsPerSecond` 0: none). */
+  pacing: { requestsPerSecond: number; burst: number; queueLimit: number };
+  /** Other registries with the same content, in order (README "Pull limits"), each as an upstream of its own. */
+  fallbacks: Array<UpstreamConfig & { trustedForTags: boolean }>;
   /** Origins of token services trusted besides the upstream's own (`trustedRealms`). */
   trustedRealms: string[];
   /** A built-in registry's token hosts, when the upstream uses that registry's own URL. */
@@ -46,6 +84,7 @@ export interface Config {
   logLevel: LogLevel;
   tls?: TlsConfig;
   httpRedirect?: { listen: ListenAddress };
+  acme?: { webroot: string };
   trustedProxies: BlockList;
   trustedProxyList: string[];
   defaultUpstream: string;
@@ -54,6 +93,10 @@ export interface Config {
   server: ServerConfig;
   access: AccessConfig;
   egress: EgressConfig;
+  coordination: CoordinationConfig;
+  storage: StorageConfig;
+  dashboard: DashboardConfig;
+  metrics: MetricsConfig;
 }
 
 export interface ConfigProblem {

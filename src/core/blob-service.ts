@@ -7,7 +7,7 @@ import type { AccessGuard } from './access-guard.ts';
 import { FillBypassError, FillRefusedError } from './blob-fill.ts';
 import { touch } from './bookkeeping.ts';
 import type { Evictor } from './evictor.ts';
-import { leaderKey, NoRoomError, type Fill, type FillRegistry } from './fill-registry.ts';
+import { FilledElsewhereError, leaderKey, NoRoomError, type Fill, type FillRegistry } from './fill-registry.ts';
 import { parseRange, rangeNotSatisfiable, type ByteRange } from './range.ts';
 import { STALE_WARNING, withOutcome, type Registry, type RegistryRequest, type RegistryResponse } from './registry.ts';
 
@@ -18,6 +18,8 @@ export interface BlobServiceOptions {
   guard: AccessGuard;
   fills: FillRegistry;
   evictor: Evictor;
+  /** The storage's presigned URL of a key (`storage.s3.redirect`): a GET hit is answered with a 307 to it. */
+  redirect?: (key: string) => Promise<string | undefined>;
 }
 
 /**
@@ -45,8 +47,8 @@ export class BlobService {
     }
     if (inFlight) {
       const fill = await inFlight.catch(() => undefined);
-      if (fill?.state === 'complete') {
-        const stored = await this.fromStorage(request, digest); // just committed
+      if (!fill || fill.state === 'complete') {
+        const stored = await this.fromStorage(request, digest); // just committed (by another replica, when there is no fill)
         if (stored) return stored;
       }
       const joined = fill && fill.state !== 'complete' ? await this.joinFill(request, digest, fill) : undefined;
@@ -84,6 +86,14 @@ export class BlobService {
       const bytes = range ? range.end - range.start + 1 : size;
       const path = contentKey('blob', digest).slice('blobs/'.length);
       return { status: 200, headers, source: 'cache', cache: outcome, accel: { path, bytes } };
+    }
+    if (this.options.redirect && request.method === 'GET') {
+      // Like Distribution's `redirect` middleware: the client fetches (and ranges) the bytes from
+      // the object store itself. Access was checked before; the URL expires.
+      const location = await this.options.redirect(contentKey('blob', digest));
+      if (location !== undefined) {
+        return { status: 307, headers: { location, 'docker-content-digest': digest.value, 'content-length': '0' }, source: 'cache', cache: outcome };
+      }
     }
     const unpin = this.options.evictor.pin(contentKey('blob', digest));
     if (request.method === 'HEAD') {
@@ -136,7 +146,15 @@ export class BlobService {
   }
 
   private async startFill(request: RegistryRequest, digest: Digest): Promise<RegistryResponse> {
-    const fill = await this.options.fills.start(request, digest);
+    let fill: Fill;
+    try {
+      fill = await this.options.fills.start(request, digest);
+    } catch (error) {
+      // Another replica stored it meanwhile, or is taking too long to: from storage, or straight through.
+      if (error instanceof FilledElsewhereError) return (await this.fromStorage(request, digest)) ?? this.streamThrough(request, digest, new NoRoomError('storage', error.message));
+      if (error instanceof NoRoomError) return this.streamThrough(request, digest, error);
+      throw error;
+    }
     try {
       await fill.ready;
     } catch (error) {

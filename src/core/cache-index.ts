@@ -1,3 +1,4 @@
+import type { SharedValues } from '../coordination/coordinator.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { StorageDriver } from '../storage/storage-driver.ts';
 
@@ -17,6 +18,17 @@ export interface Visibility {
 }
 
 const MEMORY_ENTRIES = 10_000;
+/** How long tags and visibility stay in the replicas' shared store (their own checkedAt says how fresh they are). */
+const SHARED_TTL_MS = 24 * 3600_000;
+
+export interface CacheIndexOptions {
+  /**
+   * The other replicas (coordination.redis): tags and visibility are read there first and
+   * written there too, so a tag one replica resolved is fresh for all (and no replica trusts a
+   * copy in its own memory that another has since replaced).
+   */
+  shared?: SharedValues | undefined;
+}
 
 /**
  * The cache's metadata, persisted next to the content so it survives restarts: per upstream and
@@ -28,26 +40,32 @@ const MEMORY_ENTRIES = 10_000;
  *   repositories/<upstream>/<repository>/_tags/<tag>
  *   repositories/<upstream>/<repository>/_links/<algorithm>/<hex>
  *   repositories/<upstream>/<repository>/_visibility
+ *
+ * Links never change once written, so every replica may keep them in memory; tags and
+ * visibility do change, and with a shared store they are kept there instead of in memory.
  */
 export class CacheIndex {
   private readonly driver: StorageDriver;
   private readonly memory = new Map<string, unknown>();
+  private readonly shared: SharedValues | undefined;
 
-  constructor(driver: StorageDriver) {
+  constructor(driver: StorageDriver, options: CacheIndexOptions = {}) {
     this.driver = driver;
+    this.shared = options.shared;
   }
 
   async getTag(upstream: string, repository: string, tag: string): Promise<TagEntry | undefined> {
-    return this.readJson<TagEntry>(`${base(upstream, repository)}/_tags/${tag}`);
+    return this.readChanging<TagEntry>(`${base(upstream, repository)}/_tags/${tag}`);
   }
 
   async putTag(upstream: string, repository: string, tag: string, entry: TagEntry): Promise<void> {
-    await this.writeJson(`${base(upstream, repository)}/_tags/${tag}`, entry);
+    await this.writeChanging(`${base(upstream, repository)}/_tags/${tag}`, entry);
   }
 
   async deleteTag(upstream: string, repository: string, tag: string): Promise<void> {
     const key = `${base(upstream, repository)}/_tags/${tag}`;
     this.memory.delete(key);
+    await this.shared?.delete(`index:${key}`);
     await this.driver.delete(key);
   }
 
@@ -62,11 +80,11 @@ export class CacheIndex {
   }
 
   async getVisibility(upstream: string, repository: string): Promise<Visibility | undefined> {
-    return this.readJson<Visibility>(`${base(upstream, repository)}/_visibility`);
+    return this.readChanging<Visibility>(`${base(upstream, repository)}/_visibility`);
   }
 
   async setVisibility(upstream: string, repository: string, isPublic: boolean): Promise<void> {
-    await this.writeJson(`${base(upstream, repository)}/_visibility`, { public: isPublic, checkedAt: Date.now() });
+    await this.writeChanging(`${base(upstream, repository)}/_visibility`, { public: isPublic, checkedAt: Date.now() });
   }
 
   /** Every tag entry, for `docxy cache ls`. */
@@ -77,6 +95,35 @@ export class CacheIndex {
       const entry = await this.readJson<TagEntry>(item.key);
       if (entry) yield { upstream: match[1]!, repository: match[2]!, tag: match[3]!, entry };
     }
+  }
+
+  /** A tag or visibility: from the shared store when there is one (filled from storage on a miss), else as any key. */
+  private async readChanging<T>(key: string): Promise<T | undefined> {
+    if (!this.shared) return this.readJson<T>(key);
+    const text = await this.shared.get(`index:${key}`);
+    if (text !== undefined) {
+      try {
+        return JSON.parse(text) as T;
+      } catch {
+        // unreadable: as good as none; storage has it
+      }
+    }
+    const data = await this.driver.readAll(key);
+    if (!data) return undefined;
+    try {
+      const value = JSON.parse(data.toString('utf8')) as T;
+      await this.shared.set(`index:${key}`, data.toString('utf8'), SHARED_TTL_MS);
+      return value;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async writeChanging(key: string, value: unknown): Promise<void> {
+    if (!this.shared) return this.writeJson(key, value);
+    const text = JSON.stringify(value);
+    await this.driver.writeAll(key, text);
+    await this.shared.set(`index:${key}`, text, SHARED_TTL_MS);
   }
 
   private async readJson<T>(key: string): Promise<T | undefined> {

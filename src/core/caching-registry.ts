@@ -1,4 +1,5 @@
 import type { CacheConfig } from '../config/types.ts';
+import type { Coordinator } from '../coordination/coordinator.ts';
 import type { CacheStats } from '../observability/cache-stats.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { ContentStore } from '../storage/content-store.ts';
@@ -28,6 +29,8 @@ export interface CachingRegistryOptions {
   logger: Logger;
   /** Where 404s for tags are remembered (default: `config.negativeTtlSeconds`, bounded). */
   negativeCache?: NegativeCache;
+  /** The replicas' single flight (default: this process only). */
+  coordinator?: Coordinator;
 }
 
 export interface CachingRegistry extends Registry {
@@ -48,8 +51,8 @@ export function createCachingRegistry(options: CachingRegistryOptions): CachingR
   const { passThrough, upstream, driver, store, index, stats, evictor, config, logger } = options;
   const health = new StorageHealth(driver, { logger });
   const guard = new AccessGuard(index, upstream, config);
-  const fills = new FillRegistry({ upstream, driver, guard, health, evictor, stats, config, logger });
-  const blobs = new BlobService({ passThrough, store, guard, fills, evictor });
+  const fills = new FillRegistry({ upstream, driver, guard, health, evictor, stats, config, logger, ...(options.coordinator ? { coordinator: options.coordinator } : {}) });
+  const blobs = new BlobService({ passThrough, store, guard, fills, evictor, ...(driver.redirect ? { redirect: driver.redirect.bind(driver) } : {}) });
   const negative = options.negativeCache ?? new NegativeCache({ ttlMs: config.negativeTtlSeconds * 1000 });
   const manifests = new ManifestService({ passThrough, upstream, store, index, guard, health, negative, stats, evictor, config, logger });
   return {

@@ -1,4 +1,4 @@
-import type { CacheStats } from '../observability/cache-stats.ts';
+import type { CacheKind, CacheStats } from '../observability/cache-stats.ts';
 import type { Registry, RegistryRequest, RegistryResponse } from './registry.ts';
 
 /**
@@ -8,19 +8,26 @@ import type { Registry, RegistryRequest, RegistryResponse } from './registry.ts'
  */
 export function withCacheCounters(registry: Registry, stats: CacheStats): Registry {
   return {
-    manifest: async (request, reference) => counted(stats, request, await registry.manifest(request, reference)),
-    blob: async (request, digest) => counted(stats, request, await registry.blob(request, digest)),
-    tags: async (request, query) => counted(stats, request, await registry.tags(request, query)),
-    referrers: async (request, digest, query) => counted(stats, request, await registry.referrers(request, digest, query)),
+    manifest: async (request, reference) => counted(stats, 'manifest', request, await registry.manifest(request, reference)),
+    blob: async (request, digest) => counted(stats, 'blob', request, await registry.blob(request, digest)),
+    tags: async (request, query) => counted(stats, 'tags', request, await registry.tags(request, query)),
+    referrers: async (request, digest, query) => counted(stats, 'referrers', request, await registry.referrers(request, digest, query)),
   };
 }
 
-function counted(stats: CacheStats, request: RegistryRequest, response: RegistryResponse): RegistryResponse {
+function counted(stats: CacheStats, kind: CacheKind, request: RegistryRequest, response: RegistryResponse): RegistryResponse {
   if (!response.cache) return response;
-  stats.count(response.cache);
+  stats.count(response.cache, kind);
   // Only a body that is sent is counted (HEAD, 204 and 304 answers send none).
   const sent = request.method !== 'HEAD' && response.status !== 204 && response.status !== 304;
   if ((!response.body && !response.accel) || !sent) return response;
   const outcome = response.cache;
+  if (outcome === 'joined' && response.body) waitsOnFill(stats, response.body);
   return { ...response, sent: (bytes) => stats.countSent(outcome, bytes) };
+}
+
+/** A client reading a fill someone else started counts as a fan-out waiter until its body closes. */
+function waitsOnFill(stats: CacheStats, body: NonNullable<RegistryResponse['body']>): void {
+  stats.fillWaiters++;
+  body.once('close', () => stats.fillWaiters--);
 }

@@ -1,6 +1,6 @@
 import { RegistryError, type ErrorCode } from '../oci/errors.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
-import { UpstreamError, type UpstreamFailure } from '../upstream/upstream-error.ts';
+import { UpstreamError, UpstreamLimitError, type UpstreamFailure } from '../upstream/upstream-error.ts';
 
 /**
  * The upstream refused a request docxy made on a client's behalf to decide what it may be served
@@ -41,12 +41,14 @@ const UPSTREAM_FAILURE_CODES: Record<UpstreamFailure, ErrorCode> = {
   protocol: 'DOCXY_UPSTREAM_ERROR',
   auth: 'DOCXY_UPSTREAM_AUTH',
   untrusted: 'DOCXY_UPSTREAM_ERROR',
+  limited: 'TOOMANYREQUESTS',
 };
 
 /**
  * The one translation of anything thrown while serving a request into the registry error a
  * client gets (the HTTP error writer only writes it). An upstream refusal keeps its challenge
- * (401 -> UNAUTHORIZED) and its Retry-After (429 -> TOOMANYREQUESTS); an upstream that failed is
+ * (401 -> UNAUTHORIZED) and its Retry-After (429 -> TOOMANYREQUESTS), as does docxy's own refusal
+ * to spend an exhausted pull quota (UpstreamLimitError); an upstream that failed is
  * docxy's DOCXY_UPSTREAM_* error naming it; anything unexpected is DOCXY_INTERNAL.
  */
 export function toRegistryError(error: unknown): RegistryError {
@@ -56,6 +58,12 @@ export function toRegistryError(error: unknown): RegistryError {
     // Several challenges may share one header line (RFC 9110 11.6.1).
     for (const [name, value] of Object.entries(error.headers)) headers[name] = Array.isArray(value) ? value.join(', ') : value;
     return new RegistryError(refusalCode(error), error.message, { detail: { upstream: error.upstream }, headers, cause: error });
+  }
+  if (error instanceof UpstreamLimitError) {
+    // Every identity's pull quota used up (nothing cached, no fallback had it), or the pacer's queue
+    // full: said as it is, with when to come back; never a 502, never a hang.
+    const headers = { 'retry-after': String(error.retryAfterSeconds) };
+    return new RegistryError('TOOMANYREQUESTS', error.message, { detail: { upstream: error.upstream, retryAfterSeconds: error.retryAfterSeconds }, headers, cause: error });
   }
   if (error instanceof UpstreamError) {
     const code = UPSTREAM_FAILURE_CODES[error.kind];

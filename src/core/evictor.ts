@@ -31,6 +31,8 @@ export class Evictor {
   private running: Promise<SweepResult> | undefined;
   /** Bytes stored: counted by the last sweep, plus what was added since; unknown before the first sweep. */
   private stored: number | undefined;
+  /** Blobs and manifests stored, counted the same way. */
+  private storedEntries: number | undefined;
   /** Bytes reserved by fills in progress. */
   private reserved = 0;
 
@@ -55,8 +57,8 @@ export class Evictor {
   }
 
   /** Stored bytes (as of the last sweep, plus what was added since) and bytes reserved by fills in progress. */
-  usage(): { storedBytes: number | undefined; inFlightBytes: number } {
-    return { storedBytes: this.stored, inFlightBytes: this.reserved };
+  usage(): { storedBytes: number | undefined; storedEntries: number | undefined; inFlightBytes: number } {
+    return { storedBytes: this.stored, storedEntries: this.storedEntries, inFlightBytes: this.reserved };
   }
 
   /**
@@ -88,6 +90,7 @@ export class Evictor {
   /** Content of `bytes` was committed; counted until the next sweep counts everything again. */
   added(bytes: number): void {
     if (this.stored !== undefined) this.stored += bytes;
+    if (this.storedEntries !== undefined) this.storedEntries++;
     this.schedule();
   }
 
@@ -127,6 +130,7 @@ export class Evictor {
     const limit = targetBytes ?? (this.maxBytes > 0 ? this.maxBytes - this.reserved : Infinity);
     const result: SweepResult = { totalBytes: total, removed: 0, removedBytes: 0 };
     this.stored = total;
+    this.storedEntries = entries.length - result.removed;
     if (total <= limit) return result;
     const goal = targetBytes ?? Math.max(0, Math.floor(this.maxBytes * LOW_WATER) - this.reserved);
     entries.sort((a, b) => a.usedAt - b.usedAt);
@@ -141,6 +145,7 @@ export class Evictor {
     }
     result.totalBytes = total;
     this.stored = total;
+    this.storedEntries = entries.length - result.removed;
     if (this.stats) {
       this.stats.evictions += result.removed;
       this.stats.bytesEvicted += result.removedBytes;

@@ -1,4 +1,5 @@
 import type { CacheConfig } from '../config/types.ts';
+import { InProcessCoordinator, type Coordinator, type Lease } from '../coordination/coordinator.ts';
 import type { Digest } from '../oci/digest.ts';
 import type { CacheStats } from '../observability/cache-stats.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -25,12 +26,17 @@ export interface FillRegistryOptions {
   stats: CacheStats;
   config: CacheConfig;
   logger: Logger;
+  /** The cluster-wide single flight (default: this process only). */
+  coordinator?: Coordinator;
 }
 
 /** Why a blob is not cached but streamed through: the reason's kind is what gets logged once. */
 export class NoRoomError extends Error {
-  /** storage: unusable or failing; fills: cache.maxConcurrentFills; budget: cache.maxSize; space: the disk. */
-  readonly kind: 'storage' | 'fills' | 'budget' | 'space';
+  /**
+   * storage: unusable or failing; fills: cache.maxConcurrentFills; budget: cache.maxSize; space:
+   * the disk; replica: another replica's fill of it runs longer than coordination.followerTimeoutMs.
+   */
+  readonly kind: 'storage' | 'fills' | 'budget' | 'space' | 'replica';
   constructor(kind: NoRoomError['kind'], message: string) {
     super(message);
     this.name = 'NoRoomError';
@@ -38,10 +44,24 @@ export class NoRoomError extends Error {
   }
 }
 
+/** Another replica filled the blob while this one waited for its lease: it is in storage now. */
+export class FilledElsewhereError extends Error {
+  constructor(digest: Digest) {
+    super(`blob ${digest.value} was stored by another replica`);
+    this.name = 'FilledElsewhereError';
+  }
+}
+
 /**
  * The blob fills in flight, one per digest: starts them (when the cache has room), hands them to
  * whoever asks for the same digest meanwhile, counts and logs how they end, and stops them at
  * shutdown. Each fill fetches from upstream as the client that started it.
+ *
+ * Across replicas (coordination.redis), a fill first takes the digest's lease: a replica that
+ * finds it held waits until the blob is committed to the shared storage (`start` then rejects
+ * with FilledElsewhereError: serve it from storage), takes the lease over when its holder died,
+ * or, when the holder is alive but slower than the follower limit, rejects with a NoRoomError
+ * (stream it through).
  */
 export class FillRegistry {
   private readonly options: FillRegistryOptions;
@@ -54,8 +74,11 @@ export class FillRegistry {
   /** Why the last blob was not cached: each condition is logged once, not once per request. */
   private bypassing: NoRoomError['kind'] | undefined;
 
+  private readonly coordinator: Coordinator;
+
   constructor(options: FillRegistryOptions) {
     this.options = options;
+    this.coordinator = options.coordinator ?? new InProcessCoordinator();
   }
 
   /** Blob fills in progress, by digest (for tests and metrics). */
@@ -103,6 +126,7 @@ export class FillRegistry {
   private async create(request: RegistryRequest, digest: Digest): Promise<Fill> {
     const { upstream, driver, guard, health, evictor, stats, config, logger } = this.options;
     const { target } = request;
+    const lease = await this.lease(digest);
     const identity = identityOf(request.headers);
     let asDocxy = true;
     let release: (() => void) | undefined;
@@ -142,12 +166,14 @@ export class FillRegistry {
     stats.fills++;
     const bookkeeping = fill.done
       .then(
-        () => {
+        async () => {
           stats.bytesFetchedUpstream += fill.upstreamBytes;
           evictor.added(fill.size ?? 0);
+          await lease.release(true);
         },
-        (error: unknown) => {
+        async (error: unknown) => {
           stats.bytesFetchedUpstream += fill.upstreamBytes;
+          await lease.release(false);
           if (error instanceof FillRefusedError || error instanceof FillBypassError) return;
           stats.fillFailures++;
           // A full or failing disk: later blobs stream through until a probe sees it recover.
@@ -163,6 +189,20 @@ export class FillRegistry {
       });
     this.settling.add(bookkeeping);
     return fill;
+  }
+
+  /** This replica's lease on the digest, once it has it (see the class comment for the other outcomes). */
+  private async lease(digest: Digest): Promise<Lease> {
+    const key = contentKey('blob', digest);
+    const { driver } = this.options;
+    // Committed by another replica? (A storage that cannot say is asked again at the next look.)
+    const isDone = async (): Promise<boolean> => (await driver.stat(key).catch(() => undefined)) !== undefined;
+    const outcome = await this.coordinator.lease(digest.value, { isDone, signal: this.shutdown.signal });
+    if (outcome.kind === 'done') throw new FilledElsewhereError(digest);
+    if (outcome.kind === 'slow') {
+      throw new NoRoomError('replica', `another replica has been fetching ${digest.value} for ${outcome.heldForMs} ms (coordination.followerTimeoutMs)`);
+    }
+    return outcome.lease;
   }
 
   /**

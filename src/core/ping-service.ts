@@ -6,7 +6,7 @@ import type { StorageStatus } from '../storage/storage-health.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import { isUnavailable, UpstreamError } from '../upstream/upstream-error.ts';
-import type { UpstreamRegistry } from '../upstream/upstream-registry.ts';
+import type { UpstreamPullLimits, UpstreamRegistry } from '../upstream/upstream-registry.ts';
 import { docxyChallenge, withDocxyRealm } from './docxy-challenge.ts';
 
 /** How long a readiness answer may reuse an upstream's last `/v2/` result. */
@@ -35,11 +35,15 @@ export interface ReadinessReport {
   cache?: ReturnType<CacheStats['snapshot']>;
   /** The cache's storage (with the cache on): `ok: false` when its data dir is full or unwritable. */
   storage?: StorageStatus;
+  /** Per upstream, each identity docxy pulls as and its quota, the pacer, the fallbacks (README "Pull limits"). */
+  pullLimits?: Record<string, UpstreamPullLimits>;
 }
 
 export interface PingServiceOptions {
   /** What `/v2/` and the readiness checks need of the upstreams. */
   upstream: Pick<UpstreamRegistry, 'ping' | 'knownService'>;
+  /** How each upstream stands against its pull limits, shown by readiness. */
+  pullLimits?: (upstream: string) => UpstreamPullLimits;
   /** The upstreams readiness reports on, by name. */
   upstreams: Iterable<string>;
   /** The upstream whose health decides readiness. */
@@ -125,7 +129,9 @@ export class PingService {
       };
     }
     const ok = upstreams[defaultUpstream]?.ok === true;
-    return { status: ok ? 'ready' : 'unavailable', upstreams, ...(cache ? { cache: cache.stats.snapshot() } : {}), ...(storage ? { storage } : {}) };
+    const limitsOf = this.#options.pullLimits;
+    const pullLimits = limitsOf ? Object.fromEntries(this.#names.map((name) => [name, limitsOf(name)])) : undefined;
+    return { status: ok ? 'ready' : 'unavailable', upstreams, ...(cache ? { cache: cache.stats.snapshot() } : {}), ...(storage ? { storage } : {}), ...(pullLimits ? { pullLimits } : {}) };
   }
 
   /** Sends docxy's own `GET /v2/` (no client headers, its own timeout) unless one is recent or running. */

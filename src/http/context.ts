@@ -1,7 +1,10 @@
 import type { CacheOutcome } from '../observability/cache-stats.ts';
+import type { CacheSeries } from '../observability/cache-series.ts';
+import type { PullHistory } from '../observability/pull-history.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from '../config/types.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { Metrics } from '../observability/metrics.ts';
 import type { Registry } from '../core/registry.ts';
 import type { RouteResolver } from '../core/route-resolver.ts';
 import type { PingService } from '../core/ping-service.ts';
@@ -23,6 +26,21 @@ export interface HttpContext {
   logger: Logger;
   version: string;
   startedAt: number;
+  /** Every Prometheus metric (`/metrics`); absent when `metrics.enabled` is false. */
+  metrics?: Metrics | undefined;
+  /** The dashboard's sources (`/`, `/api/stats`); absent when `dashboard.enabled` is false. */
+  dashboard?: DashboardSources | undefined;
+}
+
+/** What the dashboard reads: pulls as the request log sees them, the cache's time series, the upstream quota. */
+export interface DashboardSources {
+  pulls: PullHistory;
+  /** With the cache on. */
+  series?: CacheSeries | undefined;
+  /** The upstream quota last seen, per upstream and identity (`seenAt`: ms since the epoch). */
+  quota?: { snapshot(): Array<{ upstream: string; identity: string; limit?: number; remaining?: number; windowSeconds?: number; source?: string; seenAt: number }> } | undefined;
+  /** Aborted when docxy shuts down: live streams end. */
+  closing: AbortSignal;
 }
 
 /** Fields a handler adds to the one log line written when the request ends. */

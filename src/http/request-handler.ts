@@ -3,8 +3,11 @@ import { RegistryError } from '../oci/errors.ts';
 import type { HttpContext, RequestLog } from './context.ts';
 import { sendJson, setOwnHeaders, writeError } from './error-writer.ts';
 import { clientAddress } from './public-base.ts';
+import { handleDashboard, observeRequest } from './dashboard-handler.ts';
+import { handleAcmeChallenge } from './acme-challenge.ts';
 import { handleRegistry } from './registry-handler.ts';
 import { handleToken } from './token-handler.ts';
+import { countRefusal, countRequest, handleMetrics } from './metrics-handler.ts';
 
 /**
  * The one entry point for every request: routes it, writes errors in one place, and logs one
@@ -37,6 +40,8 @@ export function createRequestHandler(ctx: HttpContext) {
       };
       if (res.writableFinished) ctx.logger.info(fields, 'request');
       else ctx.logger.warn(fields, 'request');
+      countRequest(ctx, fields);
+      observeRequest(ctx, req.method, fields);
     };
     res.on('finish', guarded(ctx, writeLog));
     res.on(
@@ -49,6 +54,7 @@ export function createRequestHandler(ctx: HttpContext) {
     dispatch(ctx, req, res, log, client, controller.signal)
       .catch((error: unknown) => {
         log.error = (error as Error)?.message ?? String(error);
+        countRefusal(ctx, error);
         if (controller.signal.aborted && res.destroyed) return;
         // A request refused before its body was read (too large, malformed): close after the
         // answer rather than hold the connection open until the request timeout.
@@ -73,11 +79,16 @@ function guarded(ctx: HttpContext, listener: () => void): () => void {
   };
 }
 
-const PROBES = new Set(['/health', '/ready']);
+const PROBES = new Set(['/health', '/ready', '/metrics']);
 
 async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerResponse, log: RequestLog, address: string | undefined, signal: AbortSignal): Promise<void> {
   const url = parseRequestUrl(req.url);
   checkFraming(req, res);
+  // Before any access check: a certificate authority's validator comes from anywhere.
+  if (await handleAcmeChallenge(ctx.config.acme?.webroot, req, res, url)) {
+    log.route = 'acme';
+    return;
+  }
   // Who may use docxy at all, and how much: before anything is routed (probes are not counted).
   const client = ctx.access.admitClient(address, !PROBES.has(url.pathname));
   setOwnHeaders(res, client.headers);
@@ -92,7 +103,9 @@ async function dispatch(ctx: HttpContext, req: IncomingMessage, res: ServerRespo
     sendJson(res, report.status === 'ready' ? 200 : 503, report);
     return;
   }
+  if (url.pathname === '/metrics' && (await handleMetrics(ctx, req, res, log))) return;
   if (url.pathname.startsWith('/v2') && (await handleRegistry(ctx, req, res, url, log, signal, client))) return;
+  if (await handleDashboard(ctx, req, res, url, log, signal, client)) return;
   if (url.pathname.startsWith('/auth/') && (await handleToken(ctx, req, res, url, log, signal, client))) return;
   throw new RegistryError('NOT_FOUND', `no such endpoint: ${req.method} ${url.pathname.slice(0, 200)}`);
 }

@@ -15,7 +15,7 @@ import type { Digest } from './digest.ts';
 /** Bytes per handed-over buffer. */
 export const HASH_BUFFER_BYTES = 1024 * 1024;
 /** Buffers in the pool, for every content being hashed at once. */
-const POOL_BUFFERS = 16;
+const POOL_BUFFERS = 8;
 /** The worker stops after this long without a content to hash (idle memory stays low). */
 const IDLE_STOP_MS = 30_000;
 
@@ -102,7 +102,8 @@ class HashThread {
       this.#worker.ref();
       return this.#worker;
     }
-    const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'docxy-hash' });
+    // A small heap: the worker holds only a hash state per content (its buffers are the pool's).
+    const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'docxy-hash', resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 } });
     worker.on('message', (answer: WorkerAnswer) => this.#answer(answer));
     const fail = (error: Error) => {
       if (this.#worker !== worker) return;

@@ -48,6 +48,11 @@ export interface StorageDriver {
    * object store has no such limit). Free space is what an unprivileged writer may still use.
    */
   space?(): Promise<StorageSpace>;
+  /**
+   * A URL a client may fetch a committed key's bytes from directly, for a limited time (an object
+   * store's presigned GET, when the deployment turned redirects on); undefined: serve it through docxy.
+   */
+  redirect?(key: string): Promise<string | undefined>;
 }
 
 export interface StorageSpace {

@@ -6,7 +6,7 @@ import { parseChallenges, type Challenge } from './challenge.ts';
 import { createEgressConnector, createEgressPolicy, findEgressRefusal, type EgressPolicy } from './egress-policy.ts';
 import { checkRealm } from './realm-trust.ts';
 import { TokenCache } from './token-cache.ts';
-import { UpstreamError, toUpstreamError } from './upstream-error.ts';
+import { isUnavailable, UpstreamError, toUpstreamError } from './upstream-error.ts';
 
 export type HeaderValues = Record<string, string | string[]>;
 
@@ -117,9 +117,12 @@ export class UpstreamClient {
   }
 
   async request(request: UpstreamRequest): Promise<UpstreamResponse> {
-    let url = typeof request.target === 'string' && request.target.startsWith('/') ? this.urlFor(request.target) : new URL(request.target);
+    const start = typeof request.target === 'string' && request.target.startsWith('/') ? this.urlFor(request.target) : new URL(request.target);
+    let url = start;
     let headers = request.headers ?? {};
     let method = request.method;
+    /** A redirect target (a CDN) refused once: the registry is asked again for a fresh link. */
+    let askedAgain = false;
     for (let hop = 0; ; hop++) {
       let response: Dispatcher.ResponseData;
       try {
@@ -137,6 +140,22 @@ export class UpstreamClient {
         const refusal = findEgressRefusal(error);
         if (refusal) throw this.refuseEgress(url, hop > 0, `${refusal.message}; egress.allowPrivate lets docxy connect to it`);
         throw toUpstreamError(error, this.name, url.host);
+      }
+      if (hop > 0 && response.statusCode >= 400) {
+        // A CDN's refusal (an expired signed link, a 403, its own 5xx) is not the registry's
+        // answer: ask the registry once more for a fresh link, then fail as the upstream's error,
+        // never pass the CDN's page on to the client as if the registry had said it.
+        await response.body.dump();
+        const status = response.statusCode;
+        if (!askedAgain) {
+          askedAgain = true;
+          url = start;
+          headers = request.headers ?? {};
+          method = request.method;
+          hop = -1;
+          continue;
+        }
+        throw new UpstreamError(isUnavailable(status) ? 'unreachable' : 'protocol', this.name, `upstream ${this.name} redirected to ${url.host}, which answered ${status}`);
       }
       const location = response.headers.location;
       if (!request.followRedirects || !REDIRECT_STATUSES.has(response.statusCode) || typeof location !== 'string') {

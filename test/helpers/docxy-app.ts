@@ -2,9 +2,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { createApp, type App } from '../../src/app.ts';
+import { createApp, createStorageDriver, type App } from '../../src/app.ts';
 import { resolveConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/observability/logger.ts';
+import type { StorageDriver } from '../../src/storage/storage-driver.ts';
+import { startCephRgw, type CephRgw } from './ceph-rgw.ts';
 
 export interface RunningDocxy {
   url: string;
@@ -13,6 +15,11 @@ export interface RunningDocxy {
   logs: Array<Record<string, unknown>>;
   /** The cache directory (a fresh temp dir unless the config names one). */
   dataDir: string;
+  /**
+   * A driver on the instance's storage, for tests that look at what was stored: the files under
+   * dataDir, or (DOCXY_TEST_STORAGE=s3) the instance's own bucket.
+   */
+  driver: StorageDriver;
   /**
    * The request log lines matching `predicate`, once there are at least `count` of them (a
    * request is logged when its answer is handed to the socket, which can be a moment after the
@@ -40,15 +47,18 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
     },
   });
   const dataDir = await mkdtemp(join(tmpdir(), 'docxy-test-data-'));
-  const app = createApp(resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', dataDir, ...config }, env), {
+  const resolved = resolveConfig({ listen: '127.0.0.1:0', logLevel: 'debug', dataDir, ...(await testStorage()), ...config }, env);
+  const app = createApp(resolved, {
     logger: createLogger('debug', sink),
   });
   const url = await app.listen();
+  const driver = createStorageDriver(resolved);
   return {
     url,
     app,
     logs,
     dataDir,
+    driver,
     rawLogs: () => lines.join('\n'),
     settled: () => app.settled(),
     async requestLines(predicate, count) {
@@ -61,7 +71,42 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
     },
     async close() {
       await app.close(1000);
+      (driver as { destroy?: () => void }).destroy?.();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The storage every test instance gets: the filesystem driver on its dataDir (the default), or,
+ * with DOCXY_TEST_STORAGE=s3, a fresh bucket per instance on one Ceph RGW shared by the test file
+ * (started on first use; `stopTestStorage()` stops it, else it is killed when the process exits).
+ * A config that names its own `storage` keeps it.
+ */
+async function testStorage(): Promise<Record<string, unknown>> {
+  if (process.env.DOCXY_TEST_STORAGE !== 's3') return {};
+  sharedRgw ??= startCephRgw();
+  const rgw = await sharedRgw;
+  const bucket = await rgw.createBucket('docxy-app');
+  return {
+    storage: {
+      driver: 's3',
+      s3: { endpoint: rgw.endpoint, bucket, region: rgw.region, forcePathStyle: true, accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey, partSizeMiB: 5 },
+    },
+  };
+}
+
+let sharedRgw: Promise<CephRgw> | undefined;
+
+/** The shared RGW of DOCXY_TEST_STORAGE=s3, for the test's own checks (started when needed). */
+export function testRgw(): Promise<CephRgw> {
+  sharedRgw ??= startCephRgw();
+  return sharedRgw;
+}
+
+/** Stops the shared RGW of DOCXY_TEST_STORAGE=s3, if one was started. */
+export async function stopTestStorage(): Promise<void> {
+  const rgw = sharedRgw;
+  sharedRgw = undefined;
+  await (await rgw)?.stop();
 }

@@ -68,6 +68,8 @@ export interface FakeRegistry {
    * linux/amd64 manifest instead, and for an OCI index a 404 MANIFEST_UNKNOWN.
    */
   addIndex(repository: string, tag: string, platforms: FakePlatform[], kind?: 'oci' | 'docker'): FakeImage;
+  /** Whom a bearer token it issued was given to: `{}` for an anonymous token, undefined for no valid token. */
+  grantOf(authorization: string | undefined): { user?: string } | undefined;
   /** Replace the handling of a path (a test's fault injection); return true when handled. */
   intercept?: (req: IncomingMessage, res: ServerResponse, server: SeenRequest['server']) => boolean | Promise<boolean>;
   close(): Promise<void>;
@@ -155,6 +157,10 @@ export async function startFakeRegistry(options: FakeRegistryOptions = {}): Prom
       manifests.set(`${repository}@${index.manifestDigest}`, entry);
       images.set(`${repository}:${tag}`, index);
       return index;
+    },
+    grantOf(authorization) {
+      const grant = authorization?.startsWith('Bearer ') ? tokens.get(authorization.slice(7)) : undefined;
+      return grant ? (grant.user ? { user: grant.user } : {}) : undefined;
     },
     docxyUpstream(extra = {}) {
       return { url: registry.url, trustedRealms: [new URL(registry.tokenUrl).origin], ...extra };

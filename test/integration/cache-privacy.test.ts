@@ -5,12 +5,9 @@
 // and remembered for cache.accessTtlSeconds. When the upstream cannot be asked, public content is
 // still served and everything else is refused (privacy fails closed).
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CacheIndex } from '../../src/core/cache-index.ts';
-import { createFsDriver } from '../../src/storage/fs-driver.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
 import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
@@ -115,7 +112,7 @@ describe('cache privacy: cached content is only served to clients who may read i
     await docxy.settled();
   };
   /** What `instance`'s cache index says about who may read `repository` (of Docker Hub). */
-  const visibilityOf = (instance: RunningDocxy, repository: string) => new CacheIndex(createFsDriver({ root: instance.dataDir })).getVisibility('docker.io', repository);
+  const visibilityOf = (instance: RunningDocxy, repository: string) => new CacheIndex(instance.driver).getVisibility('docker.io', repository);
   /** The public image in `instance`'s cache, pulled anonymously. */
   const publicPulled = async (instance = docxy): Promise<void> => {
     await pull(instance.url, pub, await tokenFor(instance.url, 'library/public'));
@@ -131,7 +128,7 @@ describe('cache privacy: cached content is only served to clients who may read i
     assert.ok(fetched.some((r) => r.startsWith('cdn GET')), 'the blobs came from upstream');
     await fresh.settled();
     for (const [digest, bytes] of secret.blobs) {
-      const stored = await readFile(join(fresh.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)));
+      const stored = await fresh.driver.readAll(`blobs/sha256/${digest.slice(7, 9)}/${digest.slice(7)}`);
       assert.deepEqual(stored, bytes, 'the private content is in docxy storage');
     }
   });

@@ -26,7 +26,12 @@ function fakeClient(options: { credentials?: { username: string; password: strin
   };
   const client = {
     name: 'docker.io',
-    config: { name: 'docker.io', ...(options.credentials ? { credentials: options.credentials } : {}) },
+    config: {
+      name: 'docker.io',
+      ...(options.credentials ? { credentials: options.credentials } : {}),
+      credentialPool: options.credentials ? [options.credentials] : [],
+      pacing: { requestsPerSecond: 0, burst: 1, queueLimit: 0 },
+    },
     tokens,
     rediscovered: 0,
     rediscoverAuthScheme() {

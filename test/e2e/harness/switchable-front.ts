@@ -4,7 +4,7 @@
 // (multi-valued ones such as WWW-Authenticate kept as separate lines, Location untouched, only
 // hop-by-hop headers dropped). Switched to `503` or `429`, it answers every request itself, the
 // way an edge does when the origin is down or a client is rate limited: an HTML page, no
-// challenge, and for 429 a `Retry-After: 60`.
+// challenge, and for 429 a `Retry-After` (60 s unless the test asks for less).
 import { Agent, createServer, request } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -41,14 +41,15 @@ export interface SwitchableFront {
 /** Answers of an edge whose origin is down, or that rate limits the client. */
 const EDGE_PAGES: Record<Exclude<FrontMode, 'pass'>, { status: number; reason: string; headers: Record<string, string> }> = {
   '503': { status: 503, reason: 'Service Unavailable', headers: {} },
-  '429': { status: 429, reason: 'Too Many Requests', headers: { 'retry-after': '60' } },
+  '429': { status: 429, reason: 'Too Many Requests', headers: {} },
 };
 
 /** RFC 9110 hop-by-hop headers: a proxy never forwards them (Connection may name more). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 /** A front on 127.0.0.1 for `target` (an origin such as http://127.0.0.1:5000), in `pass` mode. */
-export async function startSwitchableFront(target: string): Promise<SwitchableFront> {
+export async function startSwitchableFront(target: string, options: { retryAfterSeconds?: number } = {}): Promise<SwitchableFront> {
+  const retryAfter = String(options.retryAfterSeconds ?? 60);
   const origin = new URL(target);
   if (origin.protocol !== 'http:') throw new Error(`switchable front: only http targets, got ${target}`);
   const agent = new Agent({ keepAlive: true });
@@ -107,7 +108,7 @@ export async function startSwitchableFront(target: string): Promise<SwitchableFr
   function edgeAnswer(req: IncomingMessage, res: ServerResponse, current: Exclude<FrontMode, 'pass'>): void {
     const page = EDGE_PAGES[current];
     req.resume(); // whatever body the client sends is ignored, as an edge would
-    edgePage(res, page.status, page.reason, page.headers);
+    edgePage(res, page.status, page.reason, current === '429' ? { ...page.headers, 'retry-after': retryAfter } : page.headers);
   }
 
   const port = await listenLoopback(server);
