@@ -80,9 +80,9 @@ const upstream = z.strictObject({
   /** More logins for docxy's own requests (a pool, with `username` above and anonymous): each pull goes as the one with the most quota left. */
   credentials: z.array(upstreamCredential).default([]),
   /** Upstream manifest requests per second (a token bucket, so docxy never trips an abuse limit); 0: unpaced. */
-  manifestRequestsPerSecond: z.number().nonnegative().default(10),
+  manifestRequestsPerSecond: z.number().nonnegative().default(25),
   /** How many manifest requests may go at once after a quiet spell. */
-  manifestBurst: z.number().int().positive().default(20),
+  manifestBurst: z.number().int().positive().default(50),
   /** Manifest requests waiting for the pacer at most; beyond, a client gets 429 TOOMANYREQUESTS. */
   manifestQueueLimit: z.number().int().nonnegative().default(200),
   /** Ordered mirrors of the same content, for when this upstream answers 429 or is down. */
