@@ -63,6 +63,8 @@ export interface DocxyOptions {
    * to the trusted proxy on 127.0.0.1.
    */
   accelRedirectPrefix?: string;
+  /** Merged (top-level keys) into the config written, e.g. `storage` or `coordination`. */
+  extraConfig?: Record<string, unknown>;
 }
 
 export interface Docxy {
@@ -91,6 +93,7 @@ export async function startDocxy(dir: string, upstreamUrl: string, cleanup: Clea
     upstreams: { 'docker.io': { url: upstreamUrl, manifestRequestsPerSecond: 0 } },
     cache: { enabled: options.cache, ...(options.accelRedirectPrefix !== undefined ? { accelRedirect: { prefix: options.accelRedirectPrefix } } : {}) },
     ...(options.accelRedirectPrefix !== undefined ? { trustedProxies: ['127.0.0.1'] } : {}),
+    ...options.extraConfig,
   };
   await writeFile(configPath, `${JSON.stringify(config, null, 2)}\n`);
   const service = startService({

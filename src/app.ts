@@ -304,7 +304,7 @@ function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Re
   const driver = createStorageDriver(config);
   const store = createContentStore(driver);
   const stats = new CacheStats();
-  const evictor = new Evictor({ store, maxBytes: config.cache.maxSize, stats, logger });
+  const evictor = new Evictor({ store, maxBytes: config.cache.maxSize, stats, logger, coordinator });
   const proxy = createCachingRegistry({
     passThrough,
     upstream,

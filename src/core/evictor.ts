@@ -2,6 +2,12 @@ import type { Logger } from '../observability/logger.ts';
 import { contentKey, type ContentKind, type ContentStore } from '../storage/content-store.ts';
 import { parseDigest } from '../oci/digest.ts';
 import type { CacheStats } from '../observability/cache-stats.ts';
+import type { Coordinator } from '../coordination/coordinator.ts';
+
+/** Replicas sharing a store: a read on any of them keeps its content for this long, renewed while it lasts. */
+const SHARED_PIN_TTL_MS = 60_000;
+/** How long a replica waits for another's sweep before it skips its own (the other is evicting). */
+const SWEEP_LEASE_WAIT_MS = 50;
 
 /** After a sweep the cache is at most this share of maxSize, so sweeps do not run on every fill. */
 const LOW_WATER = 0.9;
@@ -36,24 +42,56 @@ export class Evictor {
   /** Bytes reserved by fills in progress. */
   private reserved = 0;
 
-  constructor(options: { store: ContentStore; maxBytes: number; stats?: CacheStats; logger?: Logger }) {
+  /**
+   * Replicas sharing the store (Redis): one of them sweeps at a time (a lease), and a key read on
+   * any of them is pinned for all (a shared value renewed while the read lasts).
+   */
+  private readonly coordinator: Coordinator | undefined;
+  /** Renewal of this replica's shared pins, per key. */
+  private readonly sharedPins = new Map<string, NodeJS.Timeout>();
+
+  constructor(options: { store: ContentStore; maxBytes: number; stats?: CacheStats; logger?: Logger; coordinator?: Coordinator }) {
     this.store = options.store;
     this.maxBytes = options.maxBytes;
     this.stats = options.stats;
     this.logger = options.logger;
+    this.coordinator = options.coordinator?.shared ? options.coordinator : undefined;
   }
 
-  /** Protects a key from eviction until the returned function is called (once). */
+  /** Protects a key from eviction (by every replica sharing the store) until the returned function is called (once). */
   pin(key: string): () => void {
     this.pins.set(key, (this.pins.get(key) ?? 0) + 1);
+    this.sharePin(key);
     let released = false;
     return () => {
       if (released) return;
       released = true;
       const count = (this.pins.get(key) ?? 1) - 1;
-      if (count <= 0) this.pins.delete(key);
-      else this.pins.set(key, count);
+      if (count <= 0) {
+        this.pins.delete(key);
+        // The shared pin is left to expire: another replica may hold the same key.
+        clearInterval(this.sharedPins.get(key));
+        this.sharedPins.delete(key);
+      } else this.pins.set(key, count);
     };
+  }
+
+  private sharePin(key: string): void {
+    const values = this.coordinator?.values;
+    if (!values || this.sharedPins.has(key)) return;
+    const renew = () => void values.set(`pin:${key}`, '1', SHARED_PIN_TTL_MS).catch(() => undefined);
+    renew();
+    const timer = setInterval(renew, SHARED_PIN_TTL_MS / 3);
+    timer.unref();
+    this.sharedPins.set(key, timer);
+  }
+
+  /** Whether a key is being read, here or (sharing the store) on another replica. */
+  private async pinned(key: string): Promise<boolean> {
+    if (this.pins.has(key)) return true;
+    const values = this.coordinator?.values;
+    if (!values) return false;
+    return (await values.get(`pin:${key}`).catch(() => undefined)) !== undefined;
   }
 
   /** Stored bytes (as of the last sweep, plus what was added since) and bytes reserved by fills in progress. */
@@ -115,9 +153,28 @@ export class Evictor {
   close(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    for (const timer of this.sharedPins.values()) clearInterval(timer);
+    this.sharedPins.clear();
   }
 
   private async run(targetBytes: number | undefined): Promise<SweepResult> {
+    if (!this.coordinator) return this.sweepNow(targetBytes);
+    // One replica sweeps the shared store at a time; while another does, this one skips its turn.
+    let outcome;
+    try {
+      outcome = await this.coordinator.lease('evictor', { isDone: () => Promise.resolve(false), signal: AbortSignal.timeout(SWEEP_LEASE_WAIT_MS) });
+    } catch {
+      return { totalBytes: this.stored ?? 0, removed: 0, removedBytes: 0 };
+    }
+    if (outcome.kind !== 'acquired') return { totalBytes: this.stored ?? 0, removed: 0, removedBytes: 0 };
+    try {
+      return await this.sweepNow(targetBytes);
+    } finally {
+      await outcome.lease.release(false).catch(() => undefined);
+    }
+  }
+
+  private async sweepNow(targetBytes: number | undefined): Promise<SweepResult> {
     const entries: Array<{ kind: ContentKind; digest: string; size: number; usedAt: number }> = [];
     let total = 0;
     for (const kind of ['blob', 'manifest'] as const) {
@@ -137,7 +194,7 @@ export class Evictor {
     for (const entry of entries) {
       if (total <= goal) break;
       const digest = parseDigest(entry.digest);
-      if (!digest || this.pins.has(contentKey(entry.kind, digest))) continue;
+      if (!digest || (await this.pinned(contentKey(entry.kind, digest)))) continue;
       await this.store.delete(entry.kind, entry.digest);
       total -= entry.size;
       result.removed++;

@@ -232,10 +232,12 @@ export class S3Driver implements StorageDriver {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     }
-    const ids = new Set(names.map((name) => name.replace(/\.(spool|upload)$/, '')).filter((id) => !this.#activeSpools.has(id)));
+    const ids = new Set(names.map((name) => name.replace(/\.(spool|upload|upload-tmp)$/, '')).filter((id) => !this.#activeSpools.has(id)));
     for (const id of ids) {
       const recordPath = join(this.#spoolDir, `${id}.upload`);
-      const record = await readFile(recordPath, 'utf8').then((text) => JSON.parse(text) as UploadRecord, () => undefined);
+      // A record is renamed into place whole; one that does not parse is left to the stale-upload sweep below.
+      const record = await readFile(recordPath, 'utf8').then(parseRecord, () => undefined);
+      await unlink(`${recordPath}-tmp`).catch(() => undefined);
       if (record) {
         await this.#abortUpload(record.key, record.uploadId);
         aborted.add(record.uploadId);
@@ -326,4 +328,14 @@ function checkKey(key: string): void {
 function isNotFound(error: unknown): boolean {
   const name = (error as { name?: string } | undefined)?.name;
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
+}
+
+/** An upload record as written by S3Stage, or undefined when it is not one. */
+function parseRecord(text: string): UploadRecord | undefined {
+  try {
+    const record = JSON.parse(text) as Partial<UploadRecord>;
+    return typeof record.key === 'string' && typeof record.uploadId === 'string' ? (record as UploadRecord) : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
@@ -177,7 +177,9 @@ export class S3Stage implements WriteStage {
       if (!UploadId) throw new Error('CreateMultipartUpload returned no UploadId');
       this.#uploadId = UploadId;
       started(UploadId);
-      await writeFile(recordPath, JSON.stringify({ key: objectKey, uploadId: UploadId } satisfies UploadRecord));
+      // Written aside and renamed: a crash leaves the whole record or none, never half of one.
+      await writeFile(`${recordPath}-tmp`, JSON.stringify({ key: objectKey, uploadId: UploadId } satisfies UploadRecord));
+      await rename(`${recordPath}-tmp`, recordPath);
       return UploadId;
     })();
     return this.#upload;
