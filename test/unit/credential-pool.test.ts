@@ -136,7 +136,7 @@ describe('the pool in the config', () => {
     );
     const upstream = resolved.upstreams.get('docker.io')!;
     assert.deepEqual(upstream.credentialPool.map((c) => `${c.username}:${c.password}`), ['ann:pw-ann', 'bob:pw-bob']);
-    assert.deepEqual(upstream.pacing, { requestsPerSecond: 10, burst: 20, queueLimit: 200 });
+    assert.deepEqual(upstream.pacing, { requestsPerSecond: 25, burst: 50, queueLimit: 200 });
     assert.equal(upstream.fallbacks[0]?.url.href, 'https://mirror.example/');
     assert.equal(upstream.fallbacks[0]?.trustedForTags, false);
     const printed = JSON.stringify(describeConfig(resolved));
