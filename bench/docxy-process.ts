@@ -88,8 +88,8 @@ export async function startDocxy(dir: string, upstreamUrl: string, cleanup: Clea
     listen: `127.0.0.1:${port}`,
     dataDir,
     logLevel: 'warn',
-    // Unpaced: the bench measures docxy against a registry on loopback, not Docker Hub's abuse
-    // limit (pacing would cap the pass-through manifest figures at its rate, 25/s by default).
+    // Unpaced (as any registry but Docker Hub's is by default): the bench measures docxy against a
+    // registry on loopback, not Docker Hub's abuse limit.
     upstreams: { 'docker.io': { url: upstreamUrl, manifestRequestsPerSecond: 0 } },
     cache: { enabled: options.cache, ...(options.accelRedirectPrefix !== undefined ? { accelRedirect: { prefix: options.accelRedirectPrefix } } : {}) },
     ...(options.accelRedirectPrefix !== undefined ? { trustedProxies: ['127.0.0.1'] } : {}),

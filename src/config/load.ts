@@ -73,7 +73,7 @@ export function resolveConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, source?
     const tokenHosts = presetTokenHosts(url);
     const timeouts = { ...parsed.timeouts, ...definedOnly(entry.timeouts ?? {}) };
     // A pool without the single username/password still means "the operator configured credentials".
-    const limits = resolvePullLimits(entry, credentials, timeouts, env, path, problems);
+    const limits = resolvePullLimits(entry, url, credentials, timeouts, env, path, problems);
     const serverCredentials = credentials ?? limits.credentialPool[0];
     upstreams.set(name, {
       name,

@@ -11,6 +11,7 @@ type UpstreamEntry = ParsedConfig['upstreams'][string];
 /** An upstream's pull-limit fields, resolved: passwords read from their sources, fallbacks as upstreams of their own. */
 export function resolvePullLimits(
   entry: UpstreamEntry,
+  url: URL,
   single: { username: string; password: string } | undefined,
   timeouts: Timeouts,
   env: NodeJS.ProcessEnv,
@@ -50,7 +51,15 @@ export function resolvePullLimits(
   });
   return {
     credentialPool,
-    pacing: { requestsPerSecond: entry.manifestRequestsPerSecond, burst: entry.manifestBurst, queueLimit: entry.manifestQueueLimit },
+    pacing: { requestsPerSecond: entry.manifestRequestsPerSecond ?? defaultPacing(url), burst: entry.manifestBurst, queueLimit: entry.manifestQueueLimit },
     fallbacks,
   };
+}
+
+/** Docker Hub's registry is paced by default (its abuse limit answers a bare 429 to bursts); others are not. */
+const DOCKER_HUB_REGISTRY = 'registry-1.docker.io';
+const DOCKER_HUB_PACING = 25;
+
+function defaultPacing(url: URL): number {
+  return url.hostname === DOCKER_HUB_REGISTRY ? DOCKER_HUB_PACING : 0;
 }

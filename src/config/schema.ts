@@ -79,8 +79,12 @@ const upstream = z.strictObject({
   url: httpUrl.optional(),
   /** More logins for docxy's own requests (a pool, with `username` above and anonymous): each pull goes as the one with the most quota left. */
   credentials: z.array(upstreamCredential).default([]),
-  /** Upstream manifest requests per second (a token bucket, so docxy never trips an abuse limit); 0: unpaced. */
-  manifestRequestsPerSecond: z.number().nonnegative().default(25),
+  /**
+   * Upstream manifest requests per second (a token bucket, so docxy never trips an abuse limit);
+   * 0: unpaced. Default: 25 (1,500 a minute) for Docker Hub's own registry, whose undocumented
+   * abuse limit this is about; unpaced for every other registry.
+   */
+  manifestRequestsPerSecond: z.number().nonnegative().optional(),
   /** How many manifest requests may go at once after a quiet spell. */
   manifestBurst: z.number().int().positive().default(50),
   /** Manifest requests waiting for the pacer at most; beyond, a client gets 429 TOOMANYREQUESTS. */

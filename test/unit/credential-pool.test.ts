@@ -136,7 +136,10 @@ describe('the pool in the config', () => {
     );
     const upstream = resolved.upstreams.get('docker.io')!;
     assert.deepEqual(upstream.credentialPool.map((c) => `${c.username}:${c.password}`), ['ann:pw-ann', 'bob:pw-bob']);
+    // The built-in docker.io (Docker Hub's own registry) is paced by default; another registry is not.
     assert.deepEqual(upstream.pacing, { requestsPerSecond: 25, burst: 50, queueLimit: 200 });
+    assert.equal(config({ url: 'https://registry.example' }).upstreams.get('docker.io')!.pacing.requestsPerSecond, 0);
+    assert.equal(config({ url: 'https://registry.example', manifestRequestsPerSecond: 5 }).upstreams.get('docker.io')!.pacing.requestsPerSecond, 5);
     assert.equal(upstream.fallbacks[0]?.url.href, 'https://mirror.example/');
     assert.equal(upstream.fallbacks[0]?.trustedForTags, false);
     const printed = JSON.stringify(describeConfig(resolved));
