@@ -15,7 +15,7 @@ import type { Digest } from './digest.ts';
 /** Bytes per handed-over buffer. */
 export const HASH_BUFFER_BYTES = 1024 * 1024;
 /** Buffers in the pool, for every content being hashed at once. */
-const POOL_BUFFERS = 8;
+const POOL_BUFFERS = 4;
 /** The worker stops after this long without a content to hash (idle memory stays low). */
 const IDLE_STOP_MS = 30_000;
 
