@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { CacheConfig } from '../config/types.ts';
 import { digestOf, parseDigest, type Digest } from '../oci/digest.ts';
 import { RegistryError } from '../oci/errors.ts';
@@ -18,7 +18,7 @@ import { UpstreamRefusal } from './errors.ts';
 import type { Evictor } from './evictor.ts';
 import { identityKey, identityOf } from './identity.ts';
 import type { NegativeCache } from './negative-cache.ts';
-import { STALE_WARNING, withOutcome, type Registry, type RegistryRequest, type RegistryResponse } from './registry.ts';
+import { BufferBody, STALE_WARNING, withOutcome, type Registry, type RegistryRequest, type RegistryResponse } from './registry.ts';
 import { tagTtlMs } from './tag-ttl.ts';
 
 export interface ManifestServiceOptions {
@@ -250,7 +250,7 @@ function storedManifest(
     return { status: 304, headers, source: 'cache', cache: outcome };
   }
   if (request.method === 'HEAD') return { status: 200, headers, source: 'cache', cache: outcome };
-  return { status: 200, headers, body: Readable.from([manifest.bytes]), source: 'cache', cache: outcome };
+  return { status: 200, headers, body: new BufferBody(manifest.bytes), source: 'cache', cache: outcome };
 }
 
 function withoutConditionals(headers: HeaderValues): HeaderValues {

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
 import type { Target } from './route-resolver.ts';
@@ -22,6 +22,26 @@ export interface RegistryRequest {
 import type { CacheOutcome } from '../observability/cache-stats.ts';
 
 export type { CacheOutcome };
+
+/**
+ * A body already whole in memory (a stored manifest): still a Readable for whoever streams it,
+ * but the HTTP layer writes `content` in one call, without a stream pipeline per answer (at
+ * thousands of manifest answers a second, the pipeline's objects were most of what each answer
+ * allocated).
+ */
+export class BufferBody extends Readable {
+  readonly content: Buffer;
+
+  constructor(content: Buffer) {
+    super();
+    this.content = content;
+  }
+
+  override _read(): void {
+    this.push(this.content);
+    this.push(null);
+  }
+}
 
 /** What the HTTP layer writes back: status, headers and (for GET) a body stream. */
 export interface RegistryResponse {

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type { HeaderValues, RegistryResponse } from '../core/registry.ts';
+import { finished, pipeline } from 'node:stream/promises';
+import { BufferBody, type HeaderValues, type RegistryResponse } from '../core/registry.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER, withoutOwnHeaders } from './error-writer.ts';
 import { forwardableResponseHeaders } from './headers.ts';
@@ -49,6 +49,16 @@ export async function sendProxyResponse(
     return;
   }
   const sent = response.sent;
+  if (body instanceof BufferBody && body.readableLength === 0 && !body.readableDidRead) {
+    // Whole in memory: one write, no pipeline.
+    const { content } = body;
+    body.destroy();
+    log.bytes += content.length;
+    sent?.(content.length);
+    res.end(content);
+    await finished(res);
+    return;
+  }
   body.on('data', (chunk: Buffer) => {
     log.bytes += chunk.length;
     sent?.(chunk.length);
