@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import { finished, pipeline } from 'node:stream/promises';
+import { finished } from 'node:stream/promises';
+import { storedReads } from '../storage/chunk-pool.ts';
 import { BufferBody, type HeaderValues, type RegistryResponse } from '../core/registry.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER, withoutOwnHeaders } from './error-writer.ts';
@@ -59,16 +60,65 @@ export async function sendProxyResponse(
     await finished(res);
     return;
   }
-  body.on('data', (chunk: Buffer) => {
-    log.bytes += chunk.length;
-    sent?.(chunk.length);
+  await streamBody(body, res, (bytes) => {
+    log.bytes += bytes;
+    sent?.(bytes);
   });
-  try {
-    await pipeline(body, res);
-  } catch (error) {
-    body.destroy();
-    throw error;
-  }
+}
+
+/**
+ * Streams `body` into `res` with backpressure, as pipeline() would: a failure on either side
+ * (the body failing half-way, the client leaving) destroys both and rejects, so the client sees
+ * a broken transfer, never a short one that looks complete. Each chunk is given back to the
+ * stored-reads pool once the socket took it (see ChunkPool: only chunks it lent count).
+ */
+function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    const onData = (chunk: Buffer) => {
+      count(chunk.length);
+      if (!res.write(chunk, () => storedReads.giveBack(chunk))) body.pause();
+    };
+    const onDrain = () => body.resume();
+    const onEnd = () => res.end();
+    const onFinish = () => settle();
+    const onBodyClose = () => {
+      if (!body.readableEnded) settle(prematureClose());
+    };
+    const onResClose = () => {
+      if (!res.writableFinished) settle(prematureClose());
+    };
+    const onError = (error: Error) => settle(error);
+    const listeners: [Readable | ServerResponse, string, Parameters<Readable['on']>[1]][] = [
+      [body, 'data', onData],
+      [body, 'end', onEnd],
+      [body, 'error', onError],
+      [body, 'close', onBodyClose],
+      [res, 'drain', onDrain],
+      [res, 'finish', onFinish],
+      [res, 'error', onError],
+      [res, 'close', onResClose],
+    ];
+    function settle(error?: Error): void {
+      if (settled) return;
+      settled = true;
+      for (const [emitter, event, listener] of listeners) emitter.off(event, listener);
+      if (!error) {
+        resolve();
+        return;
+      }
+      // Late errors of either side have nobody to tell any more.
+      body.on('error', () => undefined).destroy();
+      res.on('error', () => undefined).destroy();
+      reject(error);
+    }
+    for (const [emitter, event, listener] of listeners) emitter.on(event, listener);
+    if (res.destroyed) settle(prematureClose());
+  });
+}
+
+function prematureClose(): Error {
+  return Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
 }
 
 /**

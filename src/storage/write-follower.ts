@@ -1,14 +1,15 @@
 import { Readable } from 'node:stream';
+import { storedReads } from './chunk-pool.ts';
 import type { ByteRange } from './storage-driver.ts';
 
 /**
- * Bytes a follower reads back from the storage at once, and its buffer. Each read is a fresh
- * Buffer that often waits in a socket long enough to be promoted, so it is freed only by a
- * major GC: with fifty followers behind, 256 KiB reads let ~100 MiB of dead buffers pile up
- * (the fan-out's peak RSS up to ~215 MiB); 128 KiB made such peaks rarer and lower (<= 194 MiB
- * in 18 runs) at the same wall time; 64 KiB bounded them (<= 139 MiB) but was ~1.5x slower.
+ * Bytes a follower reads back from the storage at once, into a buffer of the stored-reads pool
+ * (given back by the HTTP layer once written to the client's socket). A fresh Buffer per read,
+ * as before, often waited in a socket long enough to be promoted and was freed only by a major
+ * GC: with fifty followers behind, dead buffers piled up (the fan-out's peak RSS up to ~215 MiB
+ * with 256 KiB reads), which had made 128 KiB the compromise; reused buffers remove the pile.
  */
-export const FOLLOW_CHUNK = 128 * 1024;
+export const FOLLOW_CHUNK = storedReads.size;
 
 /** A write in progress as its followers see it (StagedWriter provides it). */
 export interface FollowedWrite {
@@ -150,12 +151,22 @@ export class WriteFollower extends Readable {
         if (!this.push(piece)) return;
         continue;
       }
-      const buffer = Buffer.allocUnsafe(Math.min(available, FOLLOW_CHUNK));
-      const bytesRead = await write.read(buffer, this.#position);
-      if (this.#done || this.destroyed) return;
-      if (bytesRead <= 0) throw new Error('stored content shrank while being followed');
+      const buffer = storedReads.take();
+      const wanted = Math.min(available, buffer.length);
+      let bytesRead: number;
+      try {
+        bytesRead = await write.read(wanted === buffer.length ? buffer : buffer.subarray(0, wanted), this.#position);
+      } catch (error) {
+        storedReads.release(buffer);
+        throw error;
+      }
+      if (this.#done || this.destroyed || bytesRead <= 0) {
+        storedReads.release(buffer);
+        if (this.#done || this.destroyed) return;
+        throw new Error('stored content shrank while being followed');
+      }
       this.#position += bytesRead;
-      if (!this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))) return;
+      if (!this.push(storedReads.lend(buffer, bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead)))) return;
     }
   }
 

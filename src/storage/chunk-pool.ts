@@ -1,0 +1,75 @@
+/**
+ * Read buffers used again instead of allocated per read. Every Buffer a stored blob is read into
+ * is memory outside V8's heap that only a garbage collection frees: at a GiB a second that is
+ * thousands of buffers, major GCs driven by external memory, and (when fifty clients are behind)
+ * tens of MiB of dead buffers waiting for them. A reader takes a buffer here, fills it, and lends
+ * the chunk it pushes; whoever writes that chunk to a socket gives it back once the write is done
+ * (`giveBack`), and the buffer serves the next read.
+ *
+ * Giving back is keyed on the very chunk object that was lent: a chunk that something sliced,
+ * copied or kept on the way is never given back (it is then garbage collected as before), so a
+ * buffer is never reused while a part of it may still be read. Nothing needs to be given back:
+ * a pool that runs dry allocates.
+ */
+export class ChunkPool {
+  readonly size: number;
+  readonly #maxFree: number;
+  #free: Buffer[] = [];
+  /** A lent chunk -> the whole buffer it is (a view of). */
+  readonly #lent = new WeakMap<Buffer, Buffer>();
+  #lastUse = 0;
+
+  /** `maxFree`: buffers kept for reuse at most; the rest are left to the GC. */
+  constructor(size: number, maxFree: number) {
+    this.size = size;
+    this.#maxFree = maxFree;
+  }
+
+  /** A buffer of `size` bytes to read into (contents undefined). */
+  take(): Buffer {
+    this.#lastUse = Date.now();
+    return this.#free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+  }
+
+  /** `chunk` (`buffer`, or a view of it) goes to a consumer that may give it back. */
+  lend(buffer: Buffer, chunk: Buffer): Buffer {
+    this.#lent.set(chunk, buffer);
+    return chunk;
+  }
+
+  /** A buffer taken and not lent (a read that failed or found nothing): free again. */
+  release(buffer: Buffer): void {
+    if (buffer.length === this.size && this.#free.length < this.#maxFree && !this.#free.includes(buffer)) this.#free.push(buffer);
+  }
+
+  /** `chunk` was written and nothing reads it any more: if it is a lent chunk, its buffer is free again. */
+  giveBack(chunk: Buffer): void {
+    const buffer = this.#lent.get(chunk);
+    if (!buffer) return;
+    this.#lent.delete(chunk);
+    this.release(buffer);
+  }
+
+  /** Buffers waiting for reuse. */
+  get free(): number {
+    return this.#free.length;
+  }
+
+  /** Lets the GC have the free buffers if the pool was not used for `idleMs` (an idle docxy keeps none). */
+  trim(idleMs: number): void {
+    if (Date.now() - this.#lastUse >= idleMs) this.#free = [];
+  }
+}
+
+/** Chunk size of reads of stored content (see READ_CHUNK in fs-driver for how it was chosen). */
+export const STORED_READ_CHUNK = 512 * 1024;
+
+/**
+ * The pool of every reader of stored content (hits and followers behind a write), and of every
+ * writer of answers that gives chunks back (the HTTP layer). 32 free buffers of 512 KiB: 16 MiB
+ * at most, kept only while in use.
+ */
+export const storedReads = new ChunkPool(STORED_READ_CHUNK, 32);
+
+const TRIM_IDLE_MS = 10_000;
+setInterval(() => storedReads.trim(TRIM_IDLE_MS), TRIM_IDLE_MS).unref();
