@@ -165,8 +165,11 @@ const cacheSchema = z.strictObject({
    * nginx in front: a GET of a stored blob that came through a trusted proxy (`trustedProxies`)
    * is answered with headers only and `X-Accel-Redirect: <prefix><alg>/<xx>/<hex>`, for nginx to
    * send the file itself from an `internal` location aliasing `<dataDir>/blobs/`.
+   * `joinWaitMs`: a client (through that proxy) asking for a blob while it is being fetched waits
+   * up to this long for the fetch to be committed, and is then answered the same way (nginx's
+   * sendfile serves it); after that it is streamed from the fetch by docxy. 0: never waits.
    */
-  accelRedirect: z.strictObject({ prefix: accelPrefix }).optional(),
+  accelRedirect: z.strictObject({ prefix: accelPrefix, joinWaitMs: z.number().int().nonnegative().default(5_000) }).optional(),
 });
 
 /** How docxy's own listeners treat clients: slow or greedy ones must not exhaust the server. */

@@ -20,6 +20,8 @@ export interface BlobServiceOptions {
   evictor: Evictor;
   /** The storage's presigned URL of a key (`storage.s3.redirect`): a GET hit is answered with a 307 to it. */
   redirect?: (key: string) => Promise<string | undefined>;
+  /** Behind the nginx front, how long a client joining a fill waits for it to be committed (`cache.accelRedirect.joinWaitMs`). */
+  frontJoinWaitMs?: number;
 }
 
 /**
@@ -118,6 +120,12 @@ export class BlobService {
     // Someone else's fill: the same identity on the same repository may share it at once;
     // anyone else proves access first (a HEAD upstream), as for stored content.
     if (fill.leader !== leaderKey(request)) await this.options.guard.check(request, 'blob', digest);
+    // Behind the nginx front, a client joining a fill waits (a while) for it to be committed and
+    // is then handed to nginx's sendfile like any hit: fifty clients joining one fill are served
+    // by the kernel instead of fifty streams through docxy. The client that started the fill
+    // streams at once; a fill not done in time is followed as usual.
+    const wait = this.options.frontJoinWaitMs ?? 0;
+    if (request.accel && request.method === 'GET' && wait > 0) await settledWithin(fill.done, wait);
     // The fill may have finished (and let go of its file) while access was being checked.
     if (fill.state === 'complete' || fill.state === 'failed') return fill.state === 'complete' ? this.fromStorage(request, digest) : undefined;
     return this.fromFill(request, digest, fill, 'joined');
@@ -193,6 +201,13 @@ export class BlobService {
     this.options.fills.noteBypass(request, digest, reason);
     return withOutcome(await this.options.passThrough.blob(request, digest), 'bypass');
   }
+}
+
+/** Resolves when `promise` settles (either way) or after `ms`, whichever comes first. */
+async function settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([promise.catch(() => undefined), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
 }
 
 function blobHeaders(digest: Digest, size: number | undefined, range: ByteRange | undefined): HeaderValues {

@@ -52,7 +52,15 @@ export function createCachingRegistry(options: CachingRegistryOptions): CachingR
   const health = new StorageHealth(driver, { logger });
   const guard = new AccessGuard(index, upstream, config);
   const fills = new FillRegistry({ upstream, driver, guard, health, evictor, stats, config, logger, ...(options.coordinator ? { coordinator: options.coordinator } : {}) });
-  const blobs = new BlobService({ passThrough, store, guard, fills, evictor, ...(driver.redirect ? { redirect: driver.redirect.bind(driver) } : {}) });
+  const blobs = new BlobService({
+    passThrough,
+    store,
+    guard,
+    fills,
+    evictor,
+    ...(driver.redirect ? { redirect: driver.redirect.bind(driver) } : {}),
+    frontJoinWaitMs: config.accelRedirect?.joinWaitMs ?? 0,
+  });
   const negative = options.negativeCache ?? new NegativeCache({ ttlMs: config.negativeTtlSeconds * 1000 });
   const manifests = new ManifestService({ passThrough, upstream, store, index, guard, health, negative, stats, evictor, config, logger });
   return {

@@ -142,8 +142,12 @@ describe('resolveConfig: defaults and presets', () => {
 describe('resolveConfig: every invalid field is named with its path', () => {
   test('cache.accelRedirect: a URL path prefix, and only with trusted proxies', () => {
     const config = resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix: '/_docxy_blobs/' } } });
-    assert.deepEqual(config.cache.accelRedirect, { prefix: '/_docxy_blobs/' });
+    assert.deepEqual(config.cache.accelRedirect, { prefix: '/_docxy_blobs/', joinWaitMs: 5000 });
     assert.equal(resolveConfig({}).cache.accelRedirect, undefined);
+    const noWait = resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix: '/_docxy_blobs/', joinWaitMs: 0 } } });
+    assert.equal(noWait.cache.accelRedirect?.joinWaitMs, 0);
+    const negative = problemsOf(() => resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix: '/_docxy_blobs/', joinWaitMs: -1 } } }));
+    assert.ok(problemAt(negative, 'cache.accelRedirect.joinWaitMs'));
     for (const prefix of ['_docxy_blobs/', '/_docxy_blobs', '/a b/', '/../', '//', '/x/$uri/']) {
       const problems = problemsOf(() => resolveConfig({ trustedProxies: ['127.0.0.1'], cache: { accelRedirect: { prefix } } }));
       assert.match(problemAt(problems, 'cache.accelRedirect.prefix').message, /absolute URL path ending in "\/"/, prefix);
