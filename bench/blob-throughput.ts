@@ -5,7 +5,9 @@ import { createHash } from 'node:crypto';
 import { request, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { runCommand } from './child-process.ts';
-import { CpuMeter } from './cpu-meter.ts';
+import { CpuMeter, readCpuSeconds } from './cpu-meter.ts';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface Endpoint {
   url: string;
@@ -19,6 +21,26 @@ export interface BlobTarget {
   open(): Promise<Endpoint>;
   /** After each run: tear down what open() started; may say how the request was served. */
   close?(): Promise<{ cacheOutcome?: string } | void>;
+  /**
+   * A cold pull: after the client is done, wait until the proxy and the registry are idle and
+   * record the whole cost (`BlobRun.whole`), work the proxy deferred past the client included.
+   */
+  settle?: boolean;
+}
+
+/**
+ * What a cold pull cost in all, until the proxy and the registry went idle: the proxy's CPU, and
+ * the bytes the registry sent (a proxy that fetches the blob a second time to store it sends it
+ * twice). Distribution's proxy streams the client's pull and stores the blob with a second fetch
+ * of its own that runs on after the client is done: its throughput alone does not say that.
+ */
+export interface WholeCost {
+  /** Seconds from the start of the run until both went idle. */
+  seconds: number;
+  proxyCpuS: number;
+  registryCpuS: number;
+  /** Bytes the registry wrote to sockets and files (its /proc wchar): the blob's bytes sent, for the most part. */
+  upstreamBytes: number;
 }
 
 export interface BlobRun {
@@ -31,6 +53,8 @@ export interface BlobRun {
   cpu: { proxy?: number; registry: number; client: number; other: number };
   /** For docxy with its cache: how docxy says it served the run (hit, miss). */
   cacheOutcome?: string;
+  /** For cold targets: the whole cost, deferred work included. */
+  whole?: WholeCost;
 }
 
 export interface BlobBenchmark {
@@ -55,8 +79,11 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
     for (const target of options.targets) {
       const endpoint = await target.open();
       const meter = new CpuMeter({ registry: options.registryPid, ...(endpoint.proxyPid !== undefined ? { proxy: endpoint.proxyPid } : {}) });
+      const startedAt = performance.now();
+      const before = target.settle && endpoint.proxyPid !== undefined ? costSoFar(endpoint.proxyPid, options.registryPid) : undefined;
       const download = await curlDownload(endpoint.url, options.timeoutMs);
       const use = meter.stop(download.seconds);
+      const whole = before && endpoint.proxyPid !== undefined ? await wholeCost(endpoint.proxyPid, options.registryPid, before, startedAt) : undefined;
       const closed = await target.close?.();
       if (download.status !== 200) throw new Error(`blob GET (${target.name}) answered ${download.status}`);
       if (download.bytes !== options.size) throw new Error(`blob GET (${target.name}) returned ${download.bytes} bytes, expected ${options.size}`);
@@ -73,6 +100,7 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
           other: use.other,
         },
         ...(closed?.cacheOutcome !== undefined ? { cacheOutcome: closed.cacheOutcome } : {}),
+        ...(whole ? { whole } : {}),
       };
       runs.push(result);
       options.onRun?.(result);
@@ -81,6 +109,43 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
   const medianMiBps: Record<string, number> = {};
   for (const target of options.targets) medianMiBps[target.name] = median(runs.filter((r) => r.target === target.name).map((r) => r.mibPerS));
   return { runs, medianMiBps };
+}
+
+interface CostSoFar {
+  proxyCpuS: number;
+  registryCpuS: number;
+  registryWchar: number;
+}
+
+function costSoFar(proxyPid: number, registryPid: number): CostSoFar {
+  const wchar = /^wchar:\s+(\d+)$/m.exec(readFileSync(`/proc/${registryPid}/io`, 'utf8'))?.[1];
+  return { proxyCpuS: readCpuSeconds(proxyPid), registryCpuS: readCpuSeconds(registryPid), registryWchar: Number(wchar ?? 0) };
+}
+
+/** Polls until neither process used more than 2% of a core over 500 ms, twice (at most 60 s), then sums up. */
+async function wholeCost(proxyPid: number, registryPid: number, before: CostSoFar, startedAt: number): Promise<WholeCost> {
+  let last = costSoFar(proxyPid, registryPid);
+  let lastAt = performance.now();
+  /** When one of them was last seen busy (the client just finished). */
+  let busyUntil = lastAt;
+  const deadline = lastAt + 60_000;
+  for (let quiet = 0; quiet < 2 && performance.now() < deadline; ) {
+    await sleep(500);
+    const now = costSoFar(proxyPid, registryPid);
+    const at = performance.now();
+    const window = (at - lastAt) / 1000;
+    const busy = Math.max(now.proxyCpuS - last.proxyCpuS, now.registryCpuS - last.registryCpuS) / window;
+    quiet = busy <= 0.02 ? quiet + 1 : 0;
+    if (quiet === 0) busyUntil = at;
+    last = now;
+    lastAt = at;
+  }
+  return {
+    seconds: (busyUntil - startedAt) / 1000,
+    proxyCpuS: last.proxyCpuS - before.proxyCpuS,
+    registryCpuS: last.registryCpuS - before.registryCpuS,
+    upstreamBytes: last.registryWchar - before.registryWchar,
+  };
 }
 
 interface Download {

@@ -69,6 +69,7 @@ export function coldTarget(name: string, peer: ProxyName, originUrl: string, blo
   let current: { proxy: ColdProxy; rss: RssSampler } | undefined;
   return {
     name,
+    settle: true,
     async open() {
       const proxy = await startCachingProxy(peer, join(dir, `${name}-${++count}`), originUrl, cleanup);
       current = { proxy, rss: new RssSampler(proxy.pid, 100) };

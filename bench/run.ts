@@ -207,6 +207,7 @@ async function benchmark(): Promise<BenchResults> {
     {
       // A fresh docxy with an empty cache for every run, so that every run is a miss.
       name: 'docxy-miss',
+      settle: true,
       open: async () => {
         const docxy = await startDocxy(join(tmp, `docxy-miss-${++missCount}`), upstream.url, cleanup, { label: `docxy-miss-${missCount}`, cache: true });
         missIdle.push(readMemory(docxy.service.pid).rssMiB);
