@@ -71,7 +71,7 @@ const FANOUT_TIMEOUT_MS = 150_000;
 const WRK_SECONDS = positiveEnv('DOCXY_BENCH_WRK_SECONDS', QUICK ? 2 : 5);
 const HEAD_LOAD_SECONDS = QUICK ? 2 : 5;
 const HEAD_LOAD_CONNECTIONS = 32;
-const RUNS_PER_TARGET = QUICK ? 1 : 3;
+const RUNS_PER_TARGET = QUICK ? 1 : 5;
 /** Cold pulls on the realistic origin: the throttle makes them steady, and each costs seconds. */
 const REALISTIC_RUNS = 1;
 const UPLINK = { rateMiBps: positiveEnv('DOCXY_BENCH_UPLINK_MIBPS', 200), connectDelayMs: positiveEnv('DOCXY_BENCH_UPLINK_DELAY_MS', 20) };
