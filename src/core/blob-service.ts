@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
+import { storedReads } from '../storage/chunk-pool.ts';
 import { contentKey, type ContentStore } from '../storage/content-store.ts';
 import { isStorageUnwritable } from '../storage/storage-driver.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
@@ -107,7 +108,7 @@ export class BlobService {
       throw error;
     });
     body.once('close', unpin);
-    return { status: range ? 206 : 200, headers, body, source: 'cache', cache: outcome };
+    return { status: range ? 206 : 200, headers, body, source: 'cache', cache: outcome, written: giveBackRead };
   }
 
   /** Serves a request from a fill already in flight; undefined when it should fetch on its own. */
@@ -150,7 +151,7 @@ export class BlobService {
       }
       return response.body;
     };
-    return { status, headers, body: fill.createReader(range ?? { start: 0 }, { fallback }), source: 'cache', cache: outcome };
+    return { status, headers, body: fill.createReader(range ?? { start: 0 }, { fallback }), source: 'cache', cache: outcome, written: giveBackRead };
   }
 
   private async startFill(request: RegistryRequest, digest: Digest): Promise<RegistryResponse> {
@@ -201,6 +202,11 @@ export class BlobService {
     this.options.fills.noteBypass(request, digest, reason);
     return withOutcome(await this.options.passThrough.blob(request, digest), 'bypass');
   }
+}
+
+/** A chunk of stored content written to a client: its read buffer serves the next read. */
+function giveBackRead(chunk: Buffer): void {
+  storedReads.giveBack(chunk);
 }
 
 /** Resolves when `promise` settles (either way) or after `ms`, whichever comes first. */

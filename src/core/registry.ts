@@ -59,6 +59,11 @@ export interface RegistryResponse {
   accel?: { path: string; bytes: number };
   /** Told by whoever writes the answer of the body bytes as they go to the client (counters stay current). */
   sent?(bytes: number): void;
+  /**
+   * Told by whoever writes the answer of each body chunk once the client's socket has taken it:
+   * the storage's read buffers are then used again (see storage/chunk-pool.ts).
+   */
+  written?(chunk: Buffer): void;
 }
 
 /**

@@ -1,7 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { storedReads } from '../storage/chunk-pool.ts';
 import { BufferBody, type HeaderValues, type RegistryResponse } from '../core/registry.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER, withoutOwnHeaders } from './error-writer.ts';
@@ -60,24 +59,29 @@ export async function sendProxyResponse(
     await finished(res);
     return;
   }
-  await streamBody(body, res, (bytes) => {
-    log.bytes += bytes;
-    sent?.(bytes);
-  });
+  await streamBody(
+    body,
+    res,
+    (bytes) => {
+      log.bytes += bytes;
+      sent?.(bytes);
+    },
+    response.written,
+  );
 }
 
 /**
  * Streams `body` into `res` with backpressure, as pipeline() would: a failure on either side
  * (the body failing half-way, the client leaving) destroys both and rejects, so the client sees
- * a broken transfer, never a short one that looks complete. Each chunk is given back to the
- * stored-reads pool once the socket took it (see ChunkPool: only chunks it lent count).
+ * a broken transfer, never a short one that looks complete. `written` is told of each chunk once
+ * the socket took it (the storage then reuses a read buffer).
  */
-function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) => void): Promise<void> {
+function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) => void, written?: (chunk: Buffer) => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let settled = false;
     const onData = (chunk: Buffer) => {
       count(chunk.length);
-      if (!res.write(chunk, () => storedReads.giveBack(chunk))) body.pause();
+      if (!(written ? res.write(chunk, () => written(chunk)) : res.write(chunk))) body.pause();
     };
     const onDrain = () => body.resume();
     const onEnd = () => res.end();

@@ -18,6 +18,7 @@ export class ChunkPool {
   /** A lent chunk -> the whole buffer it is (a view of). */
   readonly #lent = new WeakMap<Buffer, Buffer>();
   #lastUse = 0;
+  #allocated = 0;
 
   /** `maxFree`: buffers kept for reuse at most; the rest are left to the GC. */
   constructor(size: number, maxFree: number) {
@@ -28,7 +29,10 @@ export class ChunkPool {
   /** A buffer of `size` bytes to read into (contents undefined). */
   take(): Buffer {
     this.#lastUse = Date.now();
-    return this.#free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    const reused = this.#free.pop();
+    if (reused) return reused;
+    this.#allocated++;
+    return Buffer.allocUnsafeSlow(this.size);
   }
 
   /** `chunk` (`buffer`, or a view of it) goes to a consumer that may give it back. */
@@ -48,6 +52,11 @@ export class ChunkPool {
     if (!buffer) return;
     this.#lent.delete(chunk);
     this.release(buffer);
+  }
+
+  /** Buffers allocated so far (a pool that reuses well allocates few, however many bytes it read). */
+  get allocated(): number {
+    return this.#allocated;
   }
 
   /** Buffers waiting for reuse. */

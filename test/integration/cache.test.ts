@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { storedReads } from '../../src/storage/chunk-pool.ts';
 import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeImage, type FakeRegistry } from '../helpers/fake-registry.ts';
 import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
@@ -176,6 +177,17 @@ describe('pull-through cache', () => {
     assert.ok(now.requests.joined - before.requests.joined >= clients - 1);
     assert.ok(now.bytesServedFromCache - before.bytesServedFromCache > big.length);
     assert.ok(now.bytesFetchedUpstream - before.bytesFetchedUpstream >= big.length);
+  });
+
+  test("a hit's read buffers go back to the pool once the client's socket took them", async () => {
+    await fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`); // stored (a miss, or already a hit)
+    await docxy.settled();
+    const allocated = storedReads.allocated;
+    const hit = await fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`);
+    assert.equal(hit.digest, bigDigest);
+    // 128 reads of 512 KiB; without giving buffers back, each would allocate one.
+    const fresh = storedReads.allocated - allocated;
+    assert.ok(fresh <= 8, `the 64 MiB hit allocated ${fresh} read buffers`);
   });
 
   test('a Range inside the part already fetched is answered while the fill is still running', async () => {

@@ -100,7 +100,7 @@ describe('PooledFileStream', () => {
   });
 });
 
-describe('pooled chunks through sendProxyResponse', () => {
+describe('pooled chunks through sendProxyResponse (given back through `written`)', () => {
   // Larger than the pool can hold at once: buffers are reused many times within one transfer, and
   // any buffer reused before the socket took its bytes would show in the digest.
   const size = 24 * storedReads.size + 12345;
@@ -111,7 +111,13 @@ describe('pooled chunks through sendProxyResponse', () => {
   const server = createServer((req, res) => {
     const log: RequestLog = { bytes: 0 };
     open(path, 'r')
-      .then((handle) => sendProxyResponse(res, { status: 200, headers: { 'content-length': String(size) }, body: new PooledFileStream(handle, storedReads), source: 'cache' }, log))
+      .then((handle) =>
+        sendProxyResponse(
+          res,
+          { status: 200, headers: { 'content-length': String(size) }, body: new PooledFileStream(handle, storedReads), source: 'cache', written: (chunk) => storedReads.giveBack(chunk) },
+          log,
+        ),
+      )
       .catch(() => undefined);
   });
   before(async () => {
