@@ -1,6 +1,7 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupAllOptions } from 'node:dns';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
-import { buildConnector } from 'undici';
+import type { buildConnector as BuildConnector } from 'undici';
+import { buildConnector } from './undici-parts.ts';
 import { addToBlockList } from '../config/load.ts';
 import type { EgressConfig } from '../config/types.ts';
 
@@ -115,7 +116,7 @@ export function createEgressLookup(policy: EgressPolicy, resolve: Resolver = dns
  * An undici connector that applies `policy` to every connection it opens: an IP literal is checked
  * before any socket exists; a name through createEgressLookup, at the moment of the connect.
  */
-export function createEgressConnector(policy: EgressPolicy, options: buildConnector.BuildOptions = {}, resolve?: Resolver): buildConnector.connector {
+export function createEgressConnector(policy: EgressPolicy, options: BuildConnector.BuildOptions = {}, resolve?: Resolver): BuildConnector.connector {
   const connect = buildConnector({ ...options, lookup: createEgressLookup(policy, resolve) });
   return (target, callback) => {
     const host = target.hostname.replace(/^\[(.*)\]$/, '$1');

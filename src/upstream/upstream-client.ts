@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent } from './undici-parts.ts';
 import type { EgressConfig, UpstreamConfig } from '../config/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
