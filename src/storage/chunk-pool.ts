@@ -46,6 +46,27 @@ export class ChunkPool {
     if (buffer.length === this.size && this.#free.length < this.#maxFree && !this.#free.includes(buffer)) this.#free.push(buffer);
   }
 
+  /**
+   * Reads at most `max` bytes into a buffer of the pool (`read` fills the buffer it is given and
+   * resolves with how many bytes it read): the chunk read, lent, or undefined when nothing was
+   * read. A read that fails or finds nothing frees its buffer at once.
+   */
+  async read(max: number, read: (buffer: Buffer) => Promise<number>): Promise<Buffer | undefined> {
+    const buffer = this.take();
+    let bytes: number;
+    try {
+      bytes = await read(max < buffer.length ? buffer.subarray(0, max) : buffer);
+    } catch (error) {
+      this.release(buffer);
+      throw error;
+    }
+    if (bytes <= 0) {
+      this.release(buffer);
+      return undefined;
+    }
+    return this.lend(buffer, bytes === buffer.length ? buffer : buffer.subarray(0, bytes));
+  }
+
   /** `chunk` was written and nothing reads it any more: if it is a lent chunk, its buffer is free again. */
   giveBack(chunk: Buffer): void {
     const buffer = this.#lent.get(chunk);
@@ -70,7 +91,12 @@ export class ChunkPool {
   }
 }
 
-/** Chunk size of reads of stored content (see READ_CHUNK in fs-driver for how it was chosen). */
+/**
+ * Chunk size of reads of stored content. Streaming a page-cached 1 GiB file to a TCP socket
+ * (2 cores) with a fresh buffer per read: 16 KiB (the fs default) ~270 MiB/s, 64 KiB ~720,
+ * 128 KiB ~810, 256 KiB ~1000, 512 KiB ~1250, 1 MiB ~1300. Reused buffers take the GC out of
+ * that; 512 KiB also served the 50-client fan-out faster than 256 KiB.
+ */
 export const STORED_READ_CHUNK = 512 * 1024;
 
 /**

@@ -3,7 +3,7 @@ import type { Dir } from 'node:fs';
 import { mkdir, open, opendir, readdir, readFile, stat, statfs, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { STORED_READ_CHUNK, storedReads } from './chunk-pool.ts';
+import { storedReads } from './chunk-pool.ts';
 import { ContentVerifier, type ContentExpectation } from './content-verifier.ts';
 import { FsStage } from './fs-stage.ts';
 import { PooledFileStream } from './pooled-file-stream.ts';
@@ -19,13 +19,6 @@ import {
   type StorageWriter,
 } from './storage-driver.ts';
 
-/**
- * Chunk size of blob reads (STORED_READ_CHUNK, into pooled buffers). Streaming a page-cached
- * 1 GiB file to a TCP socket (2 cores), a fresh buffer per read: 16 KiB (the fs default)
- * ~270 MiB/s, 64 KiB ~720, 128 KiB ~810, 256 KiB ~1000, 512 KiB ~1250, 1 MiB ~1300; reused
- * buffers take the GC out of that (see ChunkPool), which is what made larger reads faster.
- */
-export const READ_HIGH_WATER_MARK = STORED_READ_CHUNK;
 /** Directory under the root holding writes in progress; never a key. */
 export const TMP_DIR = '_tmp';
 

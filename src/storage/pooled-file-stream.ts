@@ -24,26 +24,25 @@ export class PooledFileStream extends Readable {
   }
 
   override _read(): void {
-    const wanted = Math.min(this.#pool.size, this.#stop - this.#position);
+    const wanted = this.#stop - this.#position;
     if (wanted <= 0) {
       this.push(null);
       return;
     }
-    const buffer = this.#pool.take();
-    this.#handle.read(buffer, 0, wanted, this.#position).then(
-      ({ bytesRead }) => {
-        if (this.destroyed || bytesRead === 0) {
-          this.#pool.release(buffer);
-          if (!this.destroyed) this.push(null);
+    this.#pool.read(wanted, async (buffer) => (await this.#handle.read(buffer, 0, buffer.length, this.#position)).bytesRead).then(
+      (chunk) => {
+        if (this.destroyed) {
+          if (chunk) this.#pool.giveBack(chunk);
           return;
         }
-        this.#position += bytesRead;
-        this.push(this.#pool.lend(buffer, bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead)));
+        if (!chunk) {
+          this.push(null);
+          return;
+        }
+        this.#position += chunk.length;
+        this.push(chunk);
       },
-      (error: unknown) => {
-        this.#pool.release(buffer);
-        this.destroy(error as Error);
-      },
+      (error: unknown) => this.destroy(error as Error),
     );
   }
 

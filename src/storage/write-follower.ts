@@ -9,7 +9,7 @@ import type { ByteRange } from './storage-driver.ts';
  * GC: with fifty followers behind, dead buffers piled up (the fan-out's peak RSS up to ~215 MiB
  * with 256 KiB reads), which had made 128 KiB the compromise; reused buffers remove the pile.
  */
-export const FOLLOW_CHUNK = storedReads.size;
+const FOLLOW_CHUNK = storedReads.size;
 
 /** A write in progress as its followers see it (StagedWriter provides it). */
 export interface FollowedWrite {
@@ -151,22 +151,14 @@ export class WriteFollower extends Readable {
         if (!this.push(piece)) return;
         continue;
       }
-      const buffer = storedReads.take();
-      const wanted = Math.min(available, buffer.length);
-      let bytesRead: number;
-      try {
-        bytesRead = await write.read(wanted === buffer.length ? buffer : buffer.subarray(0, wanted), this.#position);
-      } catch (error) {
-        storedReads.release(buffer);
-        throw error;
+      const chunk = await storedReads.read(available, (buffer) => write.read(buffer, this.#position));
+      if (this.#done || this.destroyed) {
+        if (chunk) storedReads.giveBack(chunk);
+        return;
       }
-      if (this.#done || this.destroyed || bytesRead <= 0) {
-        storedReads.release(buffer);
-        if (this.#done || this.destroyed) return;
-        throw new Error('stored content shrank while being followed');
-      }
-      this.#position += bytesRead;
-      if (!this.push(storedReads.lend(buffer, bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead)))) return;
+      if (!chunk) throw new Error('stored content shrank while being followed');
+      this.#position += chunk.length;
+      if (!this.push(chunk)) return;
     }
   }
 

@@ -3,9 +3,9 @@ import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startDocxy, type RunningDocxy } from '../helpers/docxy-app.ts';
+import { startDocxy } from '../helpers/docxy-app.ts';
 import { sha256, startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
-import { http } from '../helpers/http-client.ts';
+import { http, type HttpResult } from '../helpers/http-client.ts';
 import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const PREFIX = '/_docxy_blobs/';
@@ -41,98 +41,85 @@ describe('nginx front: clients joining a fill', () => {
     };
   }
 
-  async function frontDocxy(joinWaitMs: number): Promise<RunningDocxy> {
-    return startDocxy({
+  interface Joined {
+    digest: string;
+    /** The client that started the fill, and the one that joined it 200 ms later. */
+    first: HttpResult;
+    second: HttpResult;
+    /** The joiner had its answer before the upstream was let finish. */
+    joinerAnsweredEarly: boolean;
+    /** From the joiner's request to both answers. */
+    joinerMs: number;
+    /** Each request's cache outcome, sorted. */
+    outcomes: unknown[];
+  }
+
+  /**
+   * Behind the front (`X-Docxy-Accel` from a trusted proxy), one client starts a fill of a 4 MiB
+   * blob held back after its first MiB; another asks for it 200 ms later; the upstream is let
+   * finish `holdMs` after that.
+   */
+  async function joinAFill(repository: string, joinWaitMs: number, holdMs: number): Promise<Joined> {
+    const data = randomBytes(4 * 1024 * 1024);
+    const digest = sha256(data);
+    upstream.addImage(repository, '1', [data]);
+    const docxy = await startDocxy({
       upstreams: { 'docker.io': { url: upstream.url } },
       egress: LOOPBACK_EGRESS,
       trustedProxies: ['127.0.0.1'],
       cache: { accelRedirect: { prefix: PREFIX, joinWaitMs } },
     });
-  }
-
-  test('a joiner waits for the fill and is handed to nginx; the client that started it streams at once', async () => {
-    const data = randomBytes(4 * 1024 * 1024);
-    const digest = sha256(data);
-    upstream.addImage('library/fan', '1', [data]);
-    const docxy = await frontDocxy(10_000);
     try {
       holdBack(data);
-      const url = `${docxy.url}/v2/library/fan/blobs/${digest}`;
-      const leader = http(url, { headers: { 'x-docxy-accel': 'on' } });
-      await sleep(200);
-      let joinerAnswered = false;
-      const joiner = http(url, { headers: { 'x-docxy-accel': 'on' } }).then((result) => {
-        joinerAnswered = true;
-        return result;
-      });
-      await sleep(300);
-      assert.equal(joinerAnswered, false, 'the joiner waits while the fill runs');
-      release();
-      const [first, second] = await Promise.all([leader, joiner]);
-      assert.equal(first.status, 200);
-      assert.equal(first.headers['x-accel-redirect'], undefined, 'the client that started the fill is streamed');
-      assert.equal(sha256(first.body), digest);
-      assert.equal(second.status, 200);
-      assert.equal(second.headers['x-accel-redirect'], `${PREFIX}sha256/${digest.slice(7, 9)}/${digest.slice(7)}`);
-      assert.equal(second.body.length, 0, 'nginx sends the bytes');
-      assert.equal(second.headers['docker-content-digest'], digest);
-      const lines = await docxy.requestLines((line) => line.route === 'blob' && line.ref === digest, 2);
-      assert.deepEqual(lines.map((line) => line.cache).sort(), ['hit', 'miss']);
-    } finally {
-      release();
-      await docxy.close();
-    }
-  });
-
-  test('a fill that takes longer than joinWaitMs is followed through docxy, as without the front', async () => {
-    const data = randomBytes(4 * 1024 * 1024);
-    const digest = sha256(data);
-    upstream.addImage('library/slow', '1', [data]);
-    const docxy = await frontDocxy(300);
-    try {
-      holdBack(data);
-      const url = `${docxy.url}/v2/library/slow/blobs/${digest}`;
+      const url = `${docxy.url}/v2/${repository}/blobs/${digest}`;
       const leader = http(url, { headers: { 'x-docxy-accel': 'on' } });
       await sleep(200);
       const started = Date.now();
-      const joiner = http(url, { headers: { 'x-docxy-accel': 'on' } });
-      await sleep(800);
+      let answered = false;
+      const joiner = http(url, { headers: { 'x-docxy-accel': 'on' } }).then((result) => {
+        answered = true;
+        return result;
+      });
+      await sleep(holdMs);
+      const joinerAnsweredEarly = answered;
       release();
       const [first, second] = await Promise.all([leader, joiner]);
-      assert.equal(sha256(first.body), digest);
-      assert.equal(second.status, 200);
-      assert.equal(second.headers['x-accel-redirect'], undefined, 'streamed by docxy after the wait');
-      assert.equal(sha256(second.body), digest);
-      assert.ok(Date.now() - started >= 800);
+      const joinerMs = Date.now() - started;
       const lines = await docxy.requestLines((line) => line.route === 'blob' && line.ref === digest, 2);
-      assert.deepEqual(lines.map((line) => line.cache).sort(), ['joined', 'miss']);
+      return { digest, first, second, joinerAnsweredEarly, joinerMs, outcomes: lines.map((line) => line.cache).sort() };
     } finally {
       release();
       await docxy.close();
     }
+  }
+
+  test('a joiner waits for the fill and is handed to nginx; the client that started it streams at once', async () => {
+    const { digest, first, second, joinerAnsweredEarly, outcomes } = await joinAFill('library/fan', 10_000, 300);
+    assert.equal(joinerAnsweredEarly, false, 'the joiner waits while the fill runs');
+    assert.equal(first.status, 200);
+    assert.equal(first.headers['x-accel-redirect'], undefined, 'the client that started the fill is streamed');
+    assert.equal(sha256(first.body), digest);
+    assert.equal(second.status, 200);
+    assert.equal(second.headers['x-accel-redirect'], `${PREFIX}sha256/${digest.slice(7, 9)}/${digest.slice(7)}`);
+    assert.equal(second.body.length, 0, 'nginx sends the bytes');
+    assert.equal(second.headers['docker-content-digest'], digest);
+    assert.deepEqual(outcomes, ['hit', 'miss']);
+  });
+
+  test('a fill that takes longer than joinWaitMs is followed through docxy, as without the front', async () => {
+    const { digest, first, second, joinerMs, outcomes } = await joinAFill('library/slow', 300, 800);
+    assert.equal(sha256(first.body), digest);
+    assert.equal(second.status, 200);
+    assert.equal(second.headers['x-accel-redirect'], undefined, 'streamed by docxy after the wait');
+    assert.equal(sha256(second.body), digest);
+    assert.ok(joinerMs >= 800);
+    assert.deepEqual(outcomes, ['joined', 'miss']);
   });
 
   test('joinWaitMs: 0 never waits: a joiner is streamed at once', async () => {
-    const data = randomBytes(4 * 1024 * 1024);
-    const digest = sha256(data);
-    upstream.addImage('library/nowait', '1', [data]);
-    const docxy = await frontDocxy(0);
-    try {
-      holdBack(data);
-      const url = `${docxy.url}/v2/library/nowait/blobs/${digest}`;
-      const leader = http(url, { headers: { 'x-docxy-accel': 'on' } });
-      await sleep(200);
-      const joiner = http(url, { headers: { 'x-docxy-accel': 'on' } });
-      await sleep(300);
-      release();
-      const [, second] = await Promise.all([leader, joiner]);
-      assert.equal(second.headers['x-accel-redirect'], undefined);
-      assert.equal(sha256(second.body), digest);
-      const lines = await docxy.requestLines((line) => line.route === 'blob' && line.ref === digest, 2);
-      assert.deepEqual(lines.map((line) => line.cache).sort(), ['joined', 'miss']);
-    } finally {
-      release();
-      await docxy.close();
-    }
+    const { digest, second, outcomes } = await joinAFill('library/nowait', 0, 300);
+    assert.equal(second.headers['x-accel-redirect'], undefined);
+    assert.equal(sha256(second.body), digest);
+    assert.deepEqual(outcomes, ['joined', 'miss']);
   });
 });

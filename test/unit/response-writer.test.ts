@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer, request, type ServerResponse } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { BufferBody, type RegistryResponse } from '../../src/core/registry.ts';
 import type { RequestLog } from '../../src/http/context.ts';
 import { sendProxyResponse } from '../../src/http/response-writer.ts';
+import { http } from '../helpers/http-client.ts';
 
 /** What the server's next request is answered with; the log and the `sent` counts it reported. */
 let answer: () => RegistryResponse = () => ({ status: 204, headers: {}, source: 'cache' });
@@ -33,18 +34,7 @@ before(async () => {
 });
 after(() => server.close());
 
-function fetchRaw(method: 'GET' | 'HEAD'): Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path: '/v2/x/manifests/1' }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const fetchRaw = (method: 'GET' | 'HEAD') => http(`http://127.0.0.1:${port}/v2/x/manifests/1`, { method });
 
 describe('sendProxyResponse', () => {
   const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, layers: [] }));
