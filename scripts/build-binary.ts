@@ -84,7 +84,7 @@ async function buildInto(work: string, version: string): Promise<void> {
   // A warning is something the bundle would get wrong (e.g. a new import.meta use): stop here.
   if (bundled.warnings.length > 0) throw new Error(`esbuild: ${bundled.warnings.length} warning(s), see above`);
 
-  // --max-semi-space-size=2: as bin/docxy.js and `npm start` run docxy (see bin/docxy.js).
+  // The V8 flags bin/docxy.js and `npm start` run docxy with (see bin/docxy.js).
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'docxy.blob');
   writeFileSync(seaConfig, `${JSON.stringify({
@@ -92,7 +92,7 @@ async function buildInto(work: string, version: string): Promise<void> {
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: true,
-    execArgv: ['--max-semi-space-size=2'],
+    execArgv: ['--max-semi-space-size=2', '--external-memory-accounted-in-global-limit'],
   }, null, 2)}\n`);
   step(NODE_BINARY, ['--experimental-sea-config', seaConfig]);
 

@@ -330,7 +330,7 @@ function createCache(config: Config, upstream: UpstreamRegistry, passThrough: Re
 
 /** `storage.driver`: files under dataDir, or an S3 bucket (with a local spool under dataDir). */
 export function createStorageDriver(config: Config): StorageDriver {
-  if (config.storage.driver === 'filesystem') return createFsDriver({ root: config.dataDir });
+  if (config.storage.driver === 'filesystem') return createFsDriver({ root: config.dataDir, directWriteMinBytes: config.storage.directWriteMinBytes });
   const { redirect, ...s3 } = config.storage.s3;
   return new LazyS3Driver({ ...s3, ...(redirect.enabled ? { redirectExpiresSeconds: redirect.expiresSeconds } : {}) });
 }

@@ -9,7 +9,7 @@ import type { ConfigProblem, StorageConfig } from './types.ts';
 /** The storage section as the app uses it; problems are added to `problems`. */
 export function resolveStorage(storage: ParsedConfig['storage'], dataDir: string, env: NodeJS.ProcessEnv, problems: ConfigProblem[]): StorageConfig {
   const s3 = storage.s3;
-  if (storage.driver !== 's3' || s3 === undefined) return { driver: 'filesystem' };
+  if (storage.driver !== 's3' || s3 === undefined) return { driver: 'filesystem', directWriteMinBytes: storage.directWriteMinMiB * 1024 * 1024 };
   const before = problems.length;
   const accessKeyId = readSecret(s3, 'accessKeyId', 'storage.s3', env, problems);
   const secretAccessKey = readSecret(s3, 'secretAccessKey', 'storage.s3', env, problems);
@@ -35,7 +35,7 @@ export function resolveStorage(storage: ParsedConfig['storage'], dataDir: string
 
 /** The storage section as `config check` prints it: the secret key masked. */
 export function describeStorage(storage: StorageConfig): Record<string, unknown> {
-  if (storage.driver !== 's3') return { driver: storage.driver };
+  if (storage.driver !== 's3') return { driver: storage.driver, directWriteMinMiB: storage.directWriteMinBytes / (1024 * 1024) };
   const { credentials, ...s3 } = storage.s3;
   return { driver: 's3', s3: { ...s3, credentials: credentials ? { accessKeyId: credentials.accessKeyId, secretAccessKey: '********' } : 'AWS default chain' } };
 }

@@ -20,7 +20,7 @@ export type CoordinationConfig = Omit<ParsedConfig['coordination'], 'redis'> & {
 };
 /** The `storage` section, resolved (src/config/storage.ts): the key pair read, sizes in bytes. */
 export type StorageConfig =
-  | { driver: 'filesystem' }
+  | { driver: 'filesystem'; directWriteMinBytes: number }
   | {
       driver: 's3';
       s3: {

@@ -4,6 +4,7 @@ import type { Digest } from '../oci/digest.ts';
 import type { CacheStats } from '../observability/cache-stats.ts';
 import type { Logger } from '../observability/logger.ts';
 import { contentKey } from '../storage/content-store.ts';
+import { prepareLargeWrite } from '../storage/content-verifier.ts';
 import { isStorageUnwritable, type StorageDriver } from '../storage/storage-driver.ts';
 import { minFreeBytes, type StorageHealth } from '../storage/storage-health.ts';
 import type { HeaderValues } from '../upstream/upstream-client.ts';
@@ -126,6 +127,7 @@ export class FillRegistry {
   private async create(request: RegistryRequest, digest: Digest): Promise<Fill> {
     const { upstream, driver, guard, health, evictor, stats, config, logger } = this.options;
     const { target } = request;
+    prepareLargeWrite();
     const lease = await this.lease(digest);
     const identity = identityOf(request.headers);
     let asDocxy = true;

@@ -17,13 +17,18 @@ export class ChunkPool {
   #free: Buffer[] = [];
   /** A lent chunk -> the whole buffer it is (a view of). */
   readonly #lent = new WeakMap<Buffer, Buffer>();
+  readonly #allocate: (size: number) => Buffer;
   #lastUse = 0;
   #allocated = 0;
 
-  /** `maxFree`: buffers kept for reuse at most; the rest are left to the GC. */
-  constructor(size: number, maxFree: number) {
+  /**
+   * `maxFree`: buffers kept for reuse at most; the rest are left to the GC. `allocate`: how a new
+   * buffer is made (default: outside the shared slab, `Buffer.allocUnsafeSlow`).
+   */
+  constructor(size: number, maxFree: number, allocate: (size: number) => Buffer = Buffer.allocUnsafeSlow) {
     this.size = size;
     this.#maxFree = maxFree;
+    this.#allocate = allocate;
   }
 
   /** A buffer of `size` bytes to read into (contents undefined). */
@@ -32,7 +37,7 @@ export class ChunkPool {
     const reused = this.#free.pop();
     if (reused) return reused;
     this.#allocated++;
-    return Buffer.allocUnsafeSlow(this.size);
+    return this.#allocate(this.size);
   }
 
   /** `chunk` (`buffer`, or a view of it) goes to a consumer that may give it back. */
@@ -107,4 +112,10 @@ export const STORED_READ_CHUNK = 512 * 1024;
 export const storedReads = new ChunkPool(STORED_READ_CHUNK, 32);
 
 const TRIM_IDLE_MS = 10_000;
-setInterval(() => storedReads.trim(TRIM_IDLE_MS), TRIM_IDLE_MS).unref();
+
+/** Empties `pool`'s free list whenever it went unused for 10 s (checked every 10 s, never keeping the process alive). */
+export function trimWhenIdle(pool: ChunkPool): void {
+  setInterval(() => pool.trim(TRIM_IDLE_MS), TRIM_IDLE_MS).unref();
+}
+
+trimWhenIdle(storedReads);

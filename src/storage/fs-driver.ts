@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { storedReads } from './chunk-pool.ts';
 import { ContentVerifier, type ContentExpectation } from './content-verifier.ts';
+import { DirectAppender } from './direct-appender.ts';
 import { FsStage } from './fs-stage.ts';
 import { PooledFileStream } from './pooled-file-stream.ts';
 import { StagedWriter } from './staged-writer.ts';
@@ -25,6 +26,12 @@ export const TMP_DIR = '_tmp';
 export interface FsDriverOptions {
   /** Directory holding every key; created when missing. */
   root: string;
+  /**
+   * Contents announced at this many bytes or more are written with direct I/O, bypassing the page
+   * cache (see DirectAppender), where the filesystem allows it (one that refuses is written
+   * through the page cache). Default 0: never.
+   */
+  directWriteMinBytes?: number;
 }
 
 /**
@@ -42,10 +49,15 @@ export class FsDriver implements StorageDriver {
   readonly #tmpDir: string;
   /** Temp files of this instance's writes in progress, which `cleanup()` must leave alone. */
   readonly #active = new Set<string>();
+  readonly #directMin: number;
+  /** Whether the temp directory's filesystem takes direct writes: unknown until the first large write, false when off. */
+  #direct: boolean | undefined;
 
   constructor(options: FsDriverOptions) {
     this.root = resolve(options.root);
     this.#tmpDir = join(this.root, TMP_DIR);
+    this.#directMin = options.directWriteMinBytes ?? 0;
+    if (this.#directMin <= 0) this.#direct = false;
   }
 
   async stat(key: string): Promise<StorageStat | undefined> {
@@ -98,7 +110,19 @@ export class FsDriver implements StorageDriver {
     // Read and write: the write's followers read the temp file back on the same descriptor.
     const handle = await open(tmp, 'wx+');
     this.#active.add(tmp);
-    const stage = new FsStage(handle, tmp, target, (range) => this.read(key, range), () => this.#active.delete(tmp));
+    let direct: DirectAppender | undefined;
+    try {
+      if (this.#direct !== false && (expected?.size ?? 0) >= this.#directMin) {
+        direct = await DirectAppender.open(tmp, this.#direct === undefined);
+        this.#direct = direct !== undefined;
+      }
+    } catch (error) {
+      await handle.close();
+      await unlink(tmp).catch(() => undefined);
+      this.#active.delete(tmp);
+      throw error;
+    }
+    const stage = new FsStage(handle, tmp, target, (range) => this.read(key, range), () => this.#active.delete(tmp), direct);
     return new StagedWriter(stage, verifier);
   }
 

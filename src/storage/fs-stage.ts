@@ -1,6 +1,7 @@
 import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
+import type { DirectAppender } from './direct-appender.ts';
 import type { WriteStage } from './staged-writer.ts';
 import type { ByteRange } from './storage-driver.ts';
 
@@ -8,17 +9,31 @@ import type { ByteRange } from './storage-driver.ts';
  * A write's temp file: written with positional `writev`, read back by position by the write's
  * followers on the same descriptor (which stays valid after the rename or unlink), fsynced and
  * renamed into place on publish.
+ *
+ * With a DirectAppender (a large content, on a filesystem that does direct I/O), the bytes are
+ * appended through it instead, bypassing the page cache; followers read what is on disk through
+ * the normal descriptor and what the appender still holds from its memory, and publish writes the
+ * held tail and truncates its padding away before the fsync.
  */
 export class FsStage implements WriteStage {
   readonly #handle: FileHandle;
+  readonly #direct: DirectAppender | undefined;
   readonly #tmp: string;
   readonly #target: string;
   readonly #openCommitted: (range: ByteRange) => Promise<Readable>;
   /** Called once the temp file is renamed or removed: it is no longer this instance's write in progress. */
   readonly #settled: () => void;
 
-  constructor(handle: FileHandle, tmp: string, target: string, openCommitted: (range: ByteRange) => Promise<Readable>, settled: () => void) {
+  constructor(
+    handle: FileHandle,
+    tmp: string,
+    target: string,
+    openCommitted: (range: ByteRange) => Promise<Readable>,
+    settled: () => void,
+    direct?: DirectAppender,
+  ) {
     this.#handle = handle;
+    this.#direct = direct;
     this.#tmp = tmp;
     this.#target = target;
     this.#openCommitted = openCommitted;
@@ -26,6 +41,11 @@ export class FsStage implements WriteStage {
   }
 
   async write(buffers: Buffer[], position: number): Promise<void> {
+    const direct = this.#direct;
+    if (direct) {
+      if (position !== direct.end) throw new Error(`direct write at ${position}, not at the end (${direct.end})`);
+      return direct.append(buffers);
+    }
     let at = position;
     let rest = buffers;
     for (;;) {
@@ -40,11 +60,15 @@ export class FsStage implements WriteStage {
   }
 
   async read(buffer: Buffer, position: number): Promise<number> {
-    const { bytesRead } = await this.#handle.read(buffer, 0, buffer.length, position);
+    const direct = this.#direct;
+    const onDisk = direct ? direct.onDisk : Infinity;
+    if (position >= onDisk) return direct!.copyHeld(buffer, position);
+    const { bytesRead } = await this.#handle.read(buffer, 0, Math.min(buffer.length, onDisk - position), position);
     return bytesRead;
   }
 
   async publish(): Promise<void> {
+    if (this.#direct) await this.#handle.truncate(await this.#direct.finish());
     await this.#handle.sync();
     const dir = dirname(this.#target);
     await mkdir(dir, { recursive: true });
@@ -64,7 +88,11 @@ export class FsStage implements WriteStage {
   }
 
   async release(): Promise<void> {
-    await this.#handle.close();
+    try {
+      await this.#direct?.close();
+    } finally {
+      await this.#handle.close();
+    }
   }
 
   openCommitted(range: ByteRange): Promise<Readable> {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -79,6 +80,37 @@ describe('pull-through cache', () => {
   });
   beforeEach(() => {
     upstream.intercept = undefined;
+  });
+
+  // First in this file: no content was hashed in this process yet, so no hashing thread runs.
+  test('a fill starts the hashing thread before the upstream answers: its boot overlaps the wait', async () => {
+    const hashThreads = () =>
+      readdirSync('/proc/self/task').filter((task) => {
+        try {
+          return readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'docxy-hash';
+        } catch {
+          return false; // a thread that just ended
+        }
+      }).length;
+    assert.equal(hashThreads(), 0);
+    const layer = randomBytes(8 * 1024 * 1024);
+    upstream.addImage('library/hashed', '1', [layer]);
+    let threadSeen = false;
+    let threadBeforeAnswer = false;
+    upstream.intercept = async (req) => {
+      if (req.method === 'GET' && req.url?.includes(`/blobs/${sha256(layer)}`)) {
+        // The upstream takes its time to answer (a far registry): the thread boots meanwhile.
+        for (let i = 0; i < 40 && !threadSeen; i++) {
+          threadSeen = hashThreads() > 0;
+          await sleep(10);
+        }
+        threadBeforeAnswer = threadSeen;
+      }
+      return false;
+    };
+    const pulled = await fetchHashed(`${docxy.url}/v2/library/hashed/blobs/${sha256(layer)}`);
+    assert.equal(pulled.digest, sha256(layer));
+    assert.ok(threadBeforeAnswer, 'the hashing thread was running before the upstream answered');
   });
 
   test('a blob is fetched upstream once, then served from the cache with its headers', async (t) => {

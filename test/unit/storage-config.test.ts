@@ -12,8 +12,10 @@ import { ConfigError } from '../../src/config/types.ts';
 const s3 = { bucket: 'docxy-cache', endpoint: 'http://127.0.0.1:7480', forcePathStyle: true };
 
 describe('config: storage', () => {
-  test('the filesystem driver on dataDir by default', () => {
-    assert.deepEqual(resolveConfig({}).storage, { driver: 'filesystem' });
+  test('the filesystem driver on dataDir by default, blobs of 128 MiB or more written directly', () => {
+    assert.deepEqual(resolveConfig({}).storage, { driver: 'filesystem', directWriteMinBytes: 128 * 1024 * 1024 });
+    assert.deepEqual(resolveConfig({ storage: { directWriteMinMiB: 0 } }).storage, { driver: 'filesystem', directWriteMinBytes: 0 });
+    assert.deepEqual(resolveConfig({ storage: { directWriteMinMiB: 0.5 } }).storage, { driver: 'filesystem', directWriteMinBytes: 512 * 1024 });
   });
 
   test('s3: defaults, sizes in bytes, the spool under dataDir', () => {
@@ -66,5 +68,7 @@ describe('config: storage', () => {
     assert.deepEqual(problems({ storage: { driver: 's3', s3: { ...s3, accessKeyId: 'a', secretAccessKeyEnv: 'MISSING' } } }), ['storage.s3.secretAccessKeyEnv']);
     assert.deepEqual(problems({ storage: { driver: 's3', s3: { ...s3, accessKeyId: 'a' } } }), ['storage.s3']);
     assert.deepEqual(problems({ storage: { driver: 'gcs' } }), ['storage.driver']);
+    assert.deepEqual(problems({ storage: { directWriteMinMiB: -1 } }), ['storage.directWriteMinMiB']);
+    assert.deepEqual(problems({ storage: { directWriteMinMiB: 'big' } }), ['storage.directWriteMinMiB']);
   });
 });

@@ -1,0 +1,150 @@
+// Large contents are written with direct I/O (src/storage/direct-appender.ts): the exact bytes
+// land in the file whatever their length (the padding of the last block is truncated away), the
+// write's followers read them whether they are on disk or still held in memory, and a content
+// below the threshold (or a driver with it at 0) goes through the page cache as before. The
+// writer and follower contract of every driver runs on a direct-writing driver too.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { DIRECT_ALIGNMENT, DIRECT_BLOCK, directBlocks } from '../../src/storage/direct-appender.ts';
+import { createFsDriver, TMP_DIR } from '../../src/storage/fs-driver.ts';
+import type { StorageDriver, StorageWriter } from '../../src/storage/storage-driver.ts';
+import { MiB, runDriverConformance, runWriterConformance, waitFor, type DriverFixture } from '../helpers/storage-driver-conformance.ts';
+
+async function directFixture(): Promise<DriverFixture> {
+  const root = await mkdtemp(join(tmpdir(), 'docxy-direct-'));
+  const options = { root, directWriteMinBytes: 1 };
+  return { driver: createFsDriver(options), reopen: () => createFsDriver(options), cleanup: () => rm(root, { recursive: true, force: true }) };
+}
+
+runDriverConformance('filesystem, direct writes', directFixture);
+runWriterConformance('filesystem, direct writes', directFixture);
+
+const sha256 = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) parts.push(chunk as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** How this process opened the temp files under `root` right now: their descriptors' flags (from /proc). */
+async function tempFileFlags(root: string): Promise<number[]> {
+  const flags: number[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (!target.startsWith(join(root, TMP_DIR))) continue;
+    const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8').catch(() => '');
+    const octal = /^flags:\s+([0-7]+)/m.exec(info)?.[1];
+    if (octal !== undefined) flags.push(parseInt(octal, 8));
+  }
+  return flags;
+}
+
+const isDirect = (flags: number) => (flags & constants.O_DIRECT) !== 0;
+
+async function write(writer: StorageWriter, data: Buffer, chunk: number, end = true): Promise<void> {
+  for (let offset = 0; offset < data.length; offset += chunk) {
+    if (!writer.stream.write(data.subarray(offset, offset + chunk))) await new Promise((resolve) => writer.stream.once('drain', resolve));
+  }
+  if (end) writer.stream.end();
+}
+
+describe('direct writes of the filesystem driver', () => {
+  let root: string;
+  let driver: StorageDriver;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'docxy-direct-'));
+    driver = createFsDriver({ root, directWriteMinBytes: 64 * 1024 });
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test('a content at the threshold or above is written through an O_DIRECT descriptor; one below is not', async () => {
+    const large = randomBytes(3 * DIRECT_BLOCK);
+    const small = randomBytes(1000);
+    const largeWriter = await driver.createWriter('large', { digest: sha256(large), size: large.length });
+    await write(largeWriter, large.subarray(0, DIRECT_BLOCK + 5), 65_536, false);
+    const flags = await tempFileFlags(root);
+    // The temp file is open twice: the direct descriptor writing it, a buffered one reading it back.
+    assert.equal(flags.filter(isDirect).length, 1, `descriptors of the temp file: ${flags.map((f) => f.toString(8)).join(', ')}`);
+    await write(largeWriter, large.subarray(DIRECT_BLOCK + 5), 65_536);
+    await largeWriter.commit();
+
+    const smallWriter = await driver.createWriter('small', { digest: sha256(small), size: small.length });
+    smallWriter.stream.write(small.subarray(0, 10));
+    assert.deepEqual((await tempFileFlags(root)).filter(isDirect), []);
+    smallWriter.stream.end(small.subarray(10));
+    await smallWriter.commit();
+
+    assert.deepEqual(await driver.readAll('large'), large);
+    assert.deepEqual(await driver.readAll('small'), small);
+  });
+
+  test('every length lands exact: the last block is padded for the disk and truncated back', async () => {
+    const sizes = [64 * 1024, DIRECT_ALIGNMENT * 17, DIRECT_ALIGNMENT * 17 + 1, DIRECT_BLOCK - 1, DIRECT_BLOCK, DIRECT_BLOCK + 1, 2 * DIRECT_BLOCK + 4095];
+    for (const size of sizes) {
+      const data = randomBytes(size);
+      const writer = await driver.createWriter(`sized/${size}`, { digest: sha256(data), size });
+      await write(writer, data, 100_003);
+      await writer.commit();
+      assert.equal((await stat(join(root, 'sized', String(size)))).size, size, `${size} bytes on disk`);
+      assert.deepEqual(await driver.readAll(`sized/${size}`), data, `${size} bytes read back`);
+    }
+    assert.deepEqual(await readdir(join(root, TMP_DIR)), []);
+  });
+
+  test('followers read across the boundary between the bytes on disk and those still held in memory', async () => {
+    const data = randomBytes(2 * DIRECT_BLOCK + 300_000);
+    const writer = await driver.createWriter('follow', { digest: sha256(data), size: data.length });
+    const whole = collect(writer.openReader());
+    // One block and a part are in: the block on disk, the part only in the appender's memory.
+    await write(writer, data.subarray(0, DIRECT_BLOCK + 200_000), 65_536, false);
+    await waitFor(async () => writer.written >= DIRECT_BLOCK + 200_000);
+    const across = { start: DIRECT_BLOCK - 1000, end: DIRECT_BLOCK + 150_000 };
+    assert.deepEqual(await collect(writer.openReader(across)), data.subarray(across.start, across.end + 1));
+    assert.deepEqual(await collect(writer.openReader({ start: DIRECT_BLOCK + 10, end: DIRECT_BLOCK + 20 })), data.subarray(DIRECT_BLOCK + 10, DIRECT_BLOCK + 21));
+    await write(writer, data.subarray(DIRECT_BLOCK + 200_000), 65_536);
+    await writer.commit();
+    assert.deepEqual(await whole, data);
+    // After the commit, the tail (written at publish) is read from the file.
+    assert.deepEqual(await collect(await driver.read('follow', { start: data.length - 5000 })), data.subarray(data.length - 5000));
+  });
+
+  test('wrong bytes are refused and leave nothing; the blocks come back to their pool', async () => {
+    const before = directBlocks.allocated;
+    for (let i = 0; i < 12; i++) {
+      const data = randomBytes(DIRECT_BLOCK + 10_000);
+      const writer = await driver.createWriter(`wrong/${i}`, { digest: sha256(Buffer.from('other')), size: data.length });
+      await write(writer, data, 65_536);
+      await assert.rejects(writer.commit(), { name: 'DigestMismatchError' });
+    }
+    for (let i = 0; i < 12; i++) {
+      const data = randomBytes(DIRECT_BLOCK + 10_000);
+      const writer = await driver.createWriter(`right/${i}`, { digest: sha256(data), size: data.length });
+      await write(writer, data, 65_536);
+      await writer.commit();
+    }
+    assert.deepEqual(await readdir(join(root, TMP_DIR)), []);
+    assert.equal(await driver.stat('wrong/0'), undefined);
+    // One block per write at a time, used again by the next: 24 writes need a couple at most.
+    assert.ok(directBlocks.allocated - before <= 2, `${directBlocks.allocated - before} blocks allocated for 24 sequential writes`);
+  });
+
+  test('a driver with the threshold at 0 never writes directly', async () => {
+    const buffered = createFsDriver({ root, directWriteMinBytes: 0 });
+    const data = randomBytes(2 * MiB);
+    const writer = await buffered.createWriter('buffered', { digest: sha256(data), size: data.length });
+    await write(writer, data.subarray(0, MiB), 65_536, false);
+    assert.deepEqual((await tempFileFlags(root)).filter(isDirect), []);
+    await write(writer, data.subarray(MiB), 65_536);
+    await writer.commit();
+    assert.deepEqual(await buffered.readAll('buffered'), data);
+  });
+});
