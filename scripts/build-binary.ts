@@ -84,7 +84,10 @@ async function buildInto(work: string, version: string): Promise<void> {
   // A warning is something the bundle would get wrong (e.g. a new import.meta use): stop here.
   if (bundled.warnings.length > 0) throw new Error(`esbuild: ${bundled.warnings.length} warning(s), see above`);
 
-  // The V8 flags bin/docxy.js and `npm start` run docxy with (see bin/docxy.js).
+  // The V8 flags bin/docxy.js and `npm start` run docxy with (see bin/docxy.js). The code cache is
+  // made under the same flags: V8 rejects a cache made under flags that differ (with a warning on
+  // every start), and --external-memory-accounted-in-global-limit is one it checks.
+  const v8Flags = ['--max-semi-space-size=2', '--external-memory-accounted-in-global-limit'];
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'docxy.blob');
   writeFileSync(seaConfig, `${JSON.stringify({
@@ -92,9 +95,9 @@ async function buildInto(work: string, version: string): Promise<void> {
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: true,
-    execArgv: ['--max-semi-space-size=2', '--external-memory-accounted-in-global-limit'],
+    execArgv: v8Flags,
   }, null, 2)}\n`);
-  step(NODE_BINARY, ['--experimental-sea-config', seaConfig]);
+  step(NODE_BINARY, [...v8Flags, '--experimental-sea-config', seaConfig]);
 
   const staged = join(work, 'docxy');
   copyFileSync(NODE_BINARY, staged);
