@@ -78,12 +78,14 @@ export async function startDocxy(config: Record<string, unknown>, env: NodeJS.Pr
 }
 
 /**
- * The storage every test instance gets: the filesystem driver on its dataDir (the default), or,
- * with DOCXY_TEST_STORAGE=s3, a fresh bucket per instance on one Ceph RGW shared by the test file
- * (started on first use; `stopTestStorage()` stops it, else it is killed when the process exits).
- * A config that names its own `storage` keeps it.
+ * The storage every test instance gets: the filesystem driver on its dataDir (the default); with
+ * DOCXY_TEST_STORAGE=direct, the same driver writing every blob of 1 MiB or more with direct I/O;
+ * or, with DOCXY_TEST_STORAGE=s3, a fresh bucket per instance on one Ceph RGW shared by the test
+ * file (started on first use; `stopTestStorage()` stops it, else it is killed when the process
+ * exits). A config that names its own `storage` keeps it.
  */
 async function testStorage(): Promise<Record<string, unknown>> {
+  if (process.env.DOCXY_TEST_STORAGE === 'direct') return { storage: { directWriteMinMiB: 1 } };
   if (process.env.DOCXY_TEST_STORAGE !== 's3') return {};
   sharedRgw ??= startCephRgw();
   const rgw = await sharedRgw;
