@@ -44,6 +44,10 @@ function alignedBuffer(size: number): Buffer {
 export const directBlocks = new ChunkPool(DIRECT_BLOCK, 8, alignedBuffer);
 trimWhenIdle(directBlocks);
 
+/** How a filesystem says it does not do direct I/O (EINVAL on Linux; some FUSE ones say so outright). */
+const REFUSALS = new Set(['EINVAL', 'EOPNOTSUPP', 'ENOTSUP']);
+const refusesDirectIo = (error: unknown) => REFUSALS.has((error as NodeJS.ErrnoException).code ?? '');
+
 /** O_DIRECT where the platform has it (Linux); undefined elsewhere (never direct then). */
 const O_DIRECT: number | undefined = (constants as { O_DIRECT?: number }).O_DIRECT;
 
@@ -64,8 +68,8 @@ export class DirectAppender {
 
   /**
    * Opens `path` (an existing, empty file) for direct appends; undefined when its filesystem does
-   * not do direct I/O (EINVAL on open, or with `probe`, on a first aligned write, which is then
-   * truncated away again).
+   * not do direct I/O (EINVAL or EOPNOTSUPP on open, or with `probe`, on a first aligned write,
+   * which is then truncated away again).
    */
   static async open(path: string, probe: boolean): Promise<DirectAppender | undefined> {
     if (O_DIRECT === undefined) return undefined;
@@ -73,7 +77,7 @@ export class DirectAppender {
     try {
       handle = await open(path, constants.O_WRONLY | O_DIRECT);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+      if (refusesDirectIo(error)) return undefined;
       throw error;
     }
     const appender = new DirectAppender(handle);
@@ -86,7 +90,7 @@ export class DirectAppender {
       return appender;
     } catch (error) {
       await appender.close();
-      if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+      if (refusesDirectIo(error)) return undefined;
       throw error;
     }
   }

@@ -4,6 +4,7 @@
 // below the threshold (or a driver with it at 0) goes through the page cache as before. The
 // writer and follower contract of every driver runs on a direct-writing driver too.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
@@ -146,5 +147,32 @@ describe('direct writes of the filesystem driver', () => {
     await write(writer, data.subarray(MiB), 65_536);
     await writer.commit();
     assert.deepEqual(await buffered.readAll('buffered'), data);
+  });
+
+  // ramfs has no direct I/O (open with O_DIRECT is EINVAL); mounting one needs root, as CI is.
+  test('a filesystem without direct I/O is written through the page cache instead', async (t) => {
+    const mountPoint = join(root, 'ramfs');
+    try {
+      execFileSync('mkdir', ['-p', mountPoint]);
+      execFileSync('mount', ['-t', 'ramfs', 'ramfs', mountPoint], { stdio: 'pipe' });
+    } catch (error) {
+      t.skip(`cannot mount a ramfs here: ${(error as Error).message.split('\n')[0]}`);
+      return;
+    }
+    try {
+      const onRamfs = createFsDriver({ root: mountPoint, directWriteMinBytes: 1 });
+      for (let i = 0; i < 2; i++) {
+        const data = randomBytes(DIRECT_BLOCK + 12_345);
+        const writer = await onRamfs.createWriter(`blob/${i}`, { digest: sha256(data), size: data.length });
+        await write(writer, data.subarray(0, DIRECT_BLOCK), 65_536, false);
+        const flags = await tempFileFlags(mountPoint);
+        assert.ok(flags.length > 0 && flags.every((f) => !isDirect(f)), `descriptors: ${flags.map((f) => f.toString(8)).join(', ')}`);
+        await write(writer, data.subarray(DIRECT_BLOCK), 65_536);
+        await writer.commit();
+        assert.deepEqual(await onRamfs.readAll(`blob/${i}`), data);
+      }
+    } finally {
+      execFileSync('umount', [mountPoint]);
+    }
   });
 });
