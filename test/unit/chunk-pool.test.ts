@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -88,6 +88,85 @@ describe('PooledFileStream', () => {
     assert.deepEqual((await readRange({ start: 3000 })).bytes, content.subarray(3000));
     assert.deepEqual((await readRange({ start: 10, end: 10 })).bytes, content.subarray(10, 11));
     assert.deepEqual((await readRange({ start: 5000, end: 9000 })).bytes.length, 0);
+  });
+
+  /**
+   * A stand-in for a file handle on a slow disk: every read takes `delayMs`; the bytes are
+   * `content`'s. Counts the reads in flight.
+   */
+  function slowHandle(content: Buffer, delayMs: number) {
+    const stats = { inFlight: 0, most: 0, reads: 0, closed: false };
+    const handle = {
+      async read(buffer: Buffer, offset: number, length: number, position: number) {
+        stats.reads++;
+        stats.most = Math.max(stats.most, ++stats.inFlight);
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        stats.inFlight--;
+        const bytesRead = content.copy(buffer, offset, position, Math.min(content.length, position + length));
+        return { bytesRead, buffer };
+      },
+      async close() {
+        stats.closed = true;
+      },
+    };
+    return { handle: handle as unknown as FileHandle, stats };
+  }
+
+  test('from a slow disk it keeps a second read in flight, and still pushes the chunks in order', async () => {
+    const data = randomBytes(40 * 1024 + 5);
+    for (const [delayMs, most] of [
+      [0, 1],
+      [5, 2],
+    ] as const) {
+      const { handle, stats } = slowHandle(data, delayMs);
+      const pool = new ChunkPool(1024, 8);
+      const chunks: Buffer[] = [];
+      for await (const chunk of new PooledFileStream(handle, pool, { start: 7 })) {
+        chunks.push(Buffer.from(chunk as Buffer));
+        await new Promise((resolve) => setTimeout(resolve, 1)); // a client taking its time
+        pool.giveBack(chunk as Buffer);
+      }
+      assert.deepEqual(Buffer.concat(chunks), data.subarray(7), `${delayMs} ms reads`);
+      assert.equal(stats.most, most, `reads in flight at most, ${delayMs} ms reads`);
+      assert.ok(stats.closed);
+      assert.ok(pool.allocated <= most + 1, `${pool.allocated} buffers for ${chunks.length} chunks`);
+    }
+  });
+
+  test('with many streams open (the disk has their reads queued already), none reads ahead', async () => {
+    const data = randomBytes(20 * 1024);
+    const handles = Array.from({ length: 6 }, () => slowHandle(data, 5));
+    const pool = new ChunkPool(1024, 16);
+    await Promise.all(
+      handles.map(async ({ handle }) => {
+        const chunks: Buffer[] = [];
+        for await (const chunk of new PooledFileStream(handle, pool)) {
+          chunks.push(Buffer.from(chunk as Buffer));
+          pool.giveBack(chunk as Buffer);
+        }
+        assert.deepEqual(Buffer.concat(chunks), data);
+      }),
+    );
+    assert.deepEqual(
+      handles.map(({ stats }) => stats.most),
+      [1, 1, 1, 1, 1, 1],
+    );
+  });
+
+  test('destroyed with reads in flight, it closes and the chunks read meanwhile go back to the pool', async () => {
+    const { handle, stats } = slowHandle(randomBytes(64 * 1024), 5);
+    const pool = new ChunkPool(1024, 8);
+    const stream = new PooledFileStream(handle, pool);
+    const closed = once(stream, 'close');
+    let seen = 0;
+    stream.on('data', (chunk: Buffer) => {
+      pool.giveBack(chunk);
+      if (++seen === 3) stream.destroy();
+    });
+    await closed;
+    await new Promise((resolve) => setTimeout(resolve, 20)); // the read still in flight lands
+    assert.ok(stats.closed);
+    assert.equal(pool.free, pool.allocated, 'every buffer is free again');
   });
 
   test('destroyed half-way, it closes its descriptor', async () => {
