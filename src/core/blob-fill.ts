@@ -149,19 +149,22 @@ export class BlobFill extends EventEmitter {
       checkWriter(writer, this.digest, this.size);
       this.changeState('filling');
       markReady();
-      let body = response.body;
+      // A resume's own request can fail too (a reset before any answer): that is one more broken
+      // transfer, retried like the others, not the end of the fill.
+      let body: Readable | undefined = response.body;
       for (let attempt = 0; ; attempt++) {
         try {
+          body ??= await this.reopen();
           await this.copy(body);
           break;
         } catch (error) {
+          body = undefined;
           if (this.controller.signal.aborted || error instanceof DigestMismatchError) throw error;
           if (this.size !== undefined && this.accepted >= this.size) throw error;
           if (attempt >= (this.options.maxResumes ?? 5)) throw error;
           this.resumes++;
           this.options.onResume?.(this.accepted, attempt + 1, error as Error);
           await sleep((this.options.resumeDelayMs ?? 200) * 2 ** attempt, undefined, { signal: this.controller.signal });
-          body = await this.reopen();
         }
       }
       // Every byte stored and checked: readers may now finish. Making it durable and visible is

@@ -252,6 +252,72 @@ test('a broken upstream transfer is resumed where it stopped; readers get the on
   assert.ok(stage.published);
 });
 
+// The reliability suite's real-clients test found it (seed 0x817565f7): a resume whose own request
+// was reset before any answer ended the fill, and podman's pull, at the second resume.
+test('a resume request that fails before any answer is retried like a broken transfer', async () => {
+  const data = randomBytes(MiB);
+  const { writer, stage } = testWriter(data);
+  const offsets: number[] = [];
+  let failures = 0;
+  const fill = new BlobFill({
+    digest: digestOf(data),
+    resumeDelayMs: 1,
+    maxResumes: 4,
+    open: async (offset) => {
+      offsets.push(offset);
+      if (offset === 0) {
+        async function* breaking(): AsyncGenerator<Buffer> {
+          yield data.subarray(0, 300 * 1024);
+          throw new Error('read ECONNRESET');
+        }
+        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
+      }
+      // The next two resumes are reset before the upstream answers.
+      if (failures++ < 2) throw Object.assign(new Error('upstream docker.io is unreachable: ECONNRESET'), { code: 'ECONNRESET' });
+      return { status: 206, headers: { 'content-range': `bytes ${offset}-${data.length - 1}/${data.length}` }, body: Readable.from([data.subarray(offset)]) };
+    },
+    createWriter: async () => writer,
+  });
+  await fill.ready;
+  const reader = drain(fill.createReader());
+  await fill.done;
+  assert.deepEqual(offsets, [0, 300 * 1024, 300 * 1024, 300 * 1024]);
+  assert.equal(fill.resumes, 3);
+  const result = await reader;
+  assert.equal(result.outcome, 'end');
+  assert.ok(result.data.equals(data));
+  assert.ok(stage.published);
+});
+
+test('resume requests that keep failing end the fill after maxResumes, with the last error', async () => {
+  const data = randomBytes(MiB);
+  const { writer, stage } = testWriter(data);
+  let opens = 0;
+  const fill = new BlobFill({
+    digest: digestOf(data),
+    resumeDelayMs: 1,
+    maxResumes: 3,
+    open: async (offset) => {
+      opens++;
+      if (offset === 0) {
+        async function* breaking(): AsyncGenerator<Buffer> {
+          yield data.subarray(0, 100 * 1024);
+          throw new Error('read ECONNRESET');
+        }
+        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
+      }
+      throw new Error(`refused #${opens}`);
+    },
+    createWriter: async () => writer,
+  });
+  await fill.ready;
+  const reader = drain(fill.createReader());
+  await assert.rejects(fill.done, /refused #4/);
+  assert.equal(opens, 4, 'the first request and three resumes');
+  assert.equal((await reader).outcome, 'error');
+  assert.ok(!stage.published);
+});
+
 test('content that does not match the digest fails every reader (never ends them) and is not committed', async () => {
   const data = randomBytes(MiB);
   const tampered = Buffer.from(data);
