@@ -53,7 +53,7 @@ const O_DIRECT: number | undefined = (constants as { O_DIRECT?: number }).O_DIRE
 
 export class DirectAppender {
   readonly #handle: FileHandle;
-  /** Where the bytes not written yet are gathered (taken on first use). */
+  /** Where the bytes not written yet are gathered; given back once everything is written, or on close. */
   #block: Buffer | undefined;
   /** File offset of the block: every byte below it is on disk. A multiple of DIRECT_BLOCK. */
   #start = 0;
@@ -62,28 +62,37 @@ export class DirectAppender {
   /** `finish` wrote everything: the whole content is on disk. */
   #finished = false;
 
-  private constructor(handle: FileHandle) {
+  private constructor(handle: FileHandle, block: Buffer) {
     this.#handle = handle;
+    this.#block = block;
   }
 
   /**
    * Opens `path` (an existing, empty file) for direct appends; undefined when its filesystem does
    * not do direct I/O (EINVAL or EOPNOTSUPP on open, or with `probe`, on a first aligned write,
-   * which is then truncated away again).
+   * which is then truncated away again), or when no aligned block can be had (a WebAssembly
+   * memory is address space V8 may not get, under a `ulimit -v` say): the content is then written
+   * through the page cache.
    */
   static async open(path: string, probe: boolean): Promise<DirectAppender | undefined> {
     if (O_DIRECT === undefined) return undefined;
+    let block: Buffer;
+    try {
+      block = directBlocks.take();
+    } catch {
+      return undefined;
+    }
     let handle: FileHandle;
     try {
       handle = await open(path, constants.O_WRONLY | O_DIRECT);
     } catch (error) {
+      directBlocks.release(block);
       if (refusesDirectIo(error)) return undefined;
       throw error;
     }
-    const appender = new DirectAppender(handle);
+    const appender = new DirectAppender(handle, block);
     if (!probe) return appender;
     try {
-      const block = (appender.#block = directBlocks.take());
       block.fill(0, 0, DIRECT_ALIGNMENT);
       await handle.write(block, 0, DIRECT_ALIGNMENT, 0);
       await handle.truncate(0);
@@ -111,7 +120,8 @@ export class DirectAppender {
     for (const buffer of buffers) {
       let offset = 0;
       while (offset < buffer.length) {
-        const block = (this.#block ??= directBlocks.take());
+        const block = this.#block;
+        if (!block) throw new Error('direct append after close');
         const copied = buffer.copy(block, this.#filled, offset);
         offset += copied;
         this.#filled += copied;
