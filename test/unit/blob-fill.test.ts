@@ -25,6 +25,50 @@ function answer(data: Buffer, chunk = 256 * 1024): FillResponse {
 }
 
 /**
+ * A fill of `data` whose first upstream answer breaks after `breakAt` bytes; `resume(offset)`
+ * answers every request after it. Records the offsets asked for.
+ */
+function resumingFill(data: Buffer, writer: StagedWriter, options: { breakAt: number; maxResumes?: number; resume: (offset: number) => Promise<FillResponse> }) {
+  const offsets: number[] = [];
+  const fill = new BlobFill({
+    digest: digestOf(data),
+    resumeDelayMs: 1,
+    ...(options.maxResumes !== undefined ? { maxResumes: options.maxResumes } : {}),
+    open: async (offset) => {
+      offsets.push(offset);
+      return offset === 0 ? breakingAnswer(data, options.breakAt, 'read ECONNRESET') : options.resume(offset);
+    },
+    createWriter: async () => writer,
+  });
+  return { fill, offsets };
+}
+
+/** A reader opened as soon as the fill is ready gets `data` whole, and the blob is committed. */
+async function readsWhole(fill: BlobFill, data: Buffer, stage: TestStage): Promise<void> {
+  await fill.ready;
+  const reader = drain(fill.createReader());
+  await fill.done;
+  const result = await reader;
+  assert.equal(result.outcome, 'end');
+  assert.ok(result.data.equals(data));
+  assert.ok(stage.published);
+}
+
+/** The first upstream answer of a blob that breaks (`message`) after its first `bytes` bytes. */
+function breakingAnswer(data: Buffer, bytes: number, message: string): FillResponse {
+  async function* breaking(): AsyncGenerator<Buffer> {
+    yield data.subarray(0, bytes);
+    throw new Error(message);
+  }
+  return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
+}
+
+/** A resume's answer: the rest of `data` from `offset`. */
+function resumedAnswer(data: Buffer, offset: number): FillResponse {
+  return { status: 206, headers: { 'content-range': `bytes ${offset}-${data.length - 1}/${data.length}` }, body: Readable.from([data.subarray(offset)]) };
+}
+
+/**
  * Where a test fill's bytes go: the storage writer every driver uses (StagedWriter, so followers,
  * verification and failures behave as in the cache), on a stage in memory. `failAfter`: bytes it
  * takes before every write fails with ENOSPC. `failCommit`: publishing fails with ENOSPC.
@@ -223,33 +267,11 @@ test('a commit that fails after the blob was verified lets readers finish; done 
 test('a broken upstream transfer is resumed where it stopped; readers get the one whole blob', async () => {
   const data = randomBytes(2 * MiB);
   const { writer, stage } = testWriter(data);
-  const offsets: number[] = [];
-  const fill = new BlobFill({
-    digest: digestOf(data),
-    resumeDelayMs: 1,
-    open: async (offset) => {
-      offsets.push(offset);
-      if (offset === 0) {
-        async function* breaking(): AsyncGenerator<Buffer> {
-          yield data.subarray(0, 700 * 1024);
-          throw new Error('connection reset');
-        }
-        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
-      }
-      return { status: 206, headers: { 'content-range': `bytes ${offset}-${data.length - 1}/${data.length}` }, body: Readable.from([data.subarray(offset)]) };
-    },
-    createWriter: async () => writer,
-  });
-  await fill.ready;
-  const reader = drain(fill.createReader());
-  await fill.done;
+  const { fill, offsets } = resumingFill(data, writer, { breakAt: 700 * 1024, resume: async (offset) => resumedAnswer(data, offset) });
+  await readsWhole(fill, data, stage);
   assert.deepEqual(offsets, [0, 700 * 1024]);
   assert.equal(fill.resumes, 1);
   assert.equal(fill.upstreamBytes, data.length);
-  const result = await reader;
-  assert.equal(result.outcome, 'end');
-  assert.ok(result.data.equals(data));
-  assert.ok(stage.published);
 });
 
 // The reliability suite's real-clients test found it (seed 0x817565f7): a resume whose own request
@@ -257,63 +279,35 @@ test('a broken upstream transfer is resumed where it stopped; readers get the on
 test('a resume request that fails before any answer is retried like a broken transfer', async () => {
   const data = randomBytes(MiB);
   const { writer, stage } = testWriter(data);
-  const offsets: number[] = [];
   let failures = 0;
-  const fill = new BlobFill({
-    digest: digestOf(data),
-    resumeDelayMs: 1,
+  const { fill, offsets } = resumingFill(data, writer, {
+    breakAt: 300 * 1024,
     maxResumes: 4,
-    open: async (offset) => {
-      offsets.push(offset);
-      if (offset === 0) {
-        async function* breaking(): AsyncGenerator<Buffer> {
-          yield data.subarray(0, 300 * 1024);
-          throw new Error('read ECONNRESET');
-        }
-        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
-      }
-      // The next two resumes are reset before the upstream answers.
+    resume: async (offset) => {
+      // The first two resumes are reset before the upstream answers.
       if (failures++ < 2) throw Object.assign(new Error('upstream docker.io is unreachable: ECONNRESET'), { code: 'ECONNRESET' });
-      return { status: 206, headers: { 'content-range': `bytes ${offset}-${data.length - 1}/${data.length}` }, body: Readable.from([data.subarray(offset)]) };
+      return resumedAnswer(data, offset);
     },
-    createWriter: async () => writer,
   });
-  await fill.ready;
-  const reader = drain(fill.createReader());
-  await fill.done;
+  await readsWhole(fill, data, stage);
   assert.deepEqual(offsets, [0, 300 * 1024, 300 * 1024, 300 * 1024]);
   assert.equal(fill.resumes, 3);
-  const result = await reader;
-  assert.equal(result.outcome, 'end');
-  assert.ok(result.data.equals(data));
-  assert.ok(stage.published);
 });
 
 test('resume requests that keep failing end the fill after maxResumes, with the last error', async () => {
   const data = randomBytes(MiB);
   const { writer, stage } = testWriter(data);
-  let opens = 0;
-  const fill = new BlobFill({
-    digest: digestOf(data),
-    resumeDelayMs: 1,
+  const { fill, offsets } = resumingFill(data, writer, {
+    breakAt: 100 * 1024,
     maxResumes: 3,
-    open: async (offset) => {
-      opens++;
-      if (offset === 0) {
-        async function* breaking(): AsyncGenerator<Buffer> {
-          yield data.subarray(0, 100 * 1024);
-          throw new Error('read ECONNRESET');
-        }
-        return { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(breaking()) };
-      }
-      throw new Error(`refused #${opens}`);
+    resume: async () => {
+      throw new Error(`refused #${offsets.length}`);
     },
-    createWriter: async () => writer,
   });
   await fill.ready;
   const reader = drain(fill.createReader());
   await assert.rejects(fill.done, /refused #4/);
-  assert.equal(opens, 4, 'the first request and three resumes');
+  assert.equal(offsets.length, 4, 'the first request and three resumes');
   assert.equal((await reader).outcome, 'error');
   assert.ok(!stage.published);
 });
