@@ -116,12 +116,13 @@ export class DirectAppender {
 
   /** Appends `buffers` (copied): every full block is written before this resolves. */
   async append(buffers: readonly Buffer[]): Promise<void> {
-    if (this.#finished) throw new Error('direct append after finish');
     for (const buffer of buffers) {
       let offset = 0;
       while (offset < buffer.length) {
+        // Looked up each time: close() (an aborted write) may take the block back while a write of
+        // it was awaited, and it may already serve another write.
         const block = this.#block;
-        if (!block) throw new Error('direct append after close');
+        if (!block) throw new Error('direct append after finish or close');
         const copied = buffer.copy(block, this.#filled, offset);
         offset += copied;
         this.#filled += copied;
@@ -183,7 +184,6 @@ export class DirectAppender {
     const block = this.#block;
     if (!block) return;
     this.#block = undefined;
-    if (!this.#finished) this.#filled = 0;
     directBlocks.release(block);
   }
 }

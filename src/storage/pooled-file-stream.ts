@@ -66,14 +66,12 @@ export class PooledFileStream extends Readable {
       const position = this.#next;
       const wanted = Math.min(this.#stop - position, this.#pool.size);
       this.#next += wanted;
-      const started = performance.now();
-      const chunk = this.#pool.read(wanted, async (buffer) => (await this.#handle.read(buffer, 0, buffer.length, position)).bytesRead);
-      chunk.then(
-        () => {
-          if (performance.now() - started > SLOW_READ_MS && openStreams <= READ_AHEAD_MAX_STREAMS) this.#depth = READ_AHEAD;
-        },
-        () => undefined,
-      );
+      const chunk = this.#pool.read(wanted, async (buffer) => {
+        const started = performance.now();
+        const { bytesRead } = await this.#handle.read(buffer, 0, buffer.length, position);
+        if (performance.now() - started > SLOW_READ_MS && openStreams <= READ_AHEAD_MAX_STREAMS) this.#depth = READ_AHEAD;
+        return bytesRead;
+      });
       this.#reads.push({ chunk, wanted });
     }
   }
