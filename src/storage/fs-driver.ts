@@ -113,7 +113,7 @@ export class FsDriver implements StorageDriver {
     let direct: DirectAppender | undefined;
     try {
       if (this.#direct !== false && (expected?.size ?? 0) >= this.#directMin) {
-        direct = await DirectAppender.open(tmp, this.#direct === undefined);
+        direct = await DirectAppender.open(tmp, handle, this.#direct === undefined);
         this.#direct = direct !== undefined;
       }
     } catch (error) {

@@ -11,9 +11,9 @@ import type { ByteRange } from './storage-driver.ts';
  * renamed into place on publish.
  *
  * With a DirectAppender (a large content, on a filesystem that does direct I/O), the bytes are
- * appended through it instead, bypassing the page cache; followers read what is on disk through
- * the normal descriptor and what the appender still holds from its memory, and publish writes the
- * held tail and truncates its padding away before the fsync.
+ * appended through it instead, bypassing the page cache; followers read through it (what it still
+ * holds from its memory, the rest from the normal descriptor), and publish writes the held tail
+ * and truncates its padding away before the fsync.
  */
 export class FsStage implements WriteStage {
   readonly #handle: FileHandle;
@@ -60,10 +60,8 @@ export class FsStage implements WriteStage {
   }
 
   async read(buffer: Buffer, position: number): Promise<number> {
-    const direct = this.#direct;
-    const onDisk = direct ? direct.onDisk : Infinity;
-    if (position >= onDisk) return direct!.copyHeld(buffer, position);
-    const { bytesRead } = await this.#handle.read(buffer, 0, Math.min(buffer.length, onDisk - position), position);
+    if (this.#direct) return this.#direct.read(buffer, position);
+    const { bytesRead } = await this.#handle.read(buffer, 0, buffer.length, position);
     return bytesRead;
   }
 

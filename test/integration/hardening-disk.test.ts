@@ -313,8 +313,15 @@ describe('the cache on a small disk that fills up', { timeout: 60_000 }, () => {
       },
     });
     const result = await first;
-    assert.equal(result.outcome, 'broken', `the client's transfer breaks rather than hangs or ends short (${disk.how} disk)`);
-    assert.ok(result.bytes < medium.length);
+    if (process.env.DOCXY_TEST_STORAGE === 'direct' && result.outcome === 'complete') {
+      // Direct writes queue full blocks for the disk (src/storage/direct-appender.ts): the failed
+      // write of the block the disk could not take may be found only after every byte reached the
+      // client, verified. The client then has the blob; the cache still keeps nothing of it.
+      assert.equal(result.digest, sha256(medium));
+    } else {
+      assert.equal(result.outcome, 'broken', `the client's transfer breaks rather than hangs or ends short (${disk.how} disk)`);
+      assert.ok(result.bytes < medium.length);
+    }
     assert.deepEqual(await tempFilesSettled(disk.dir), [], 'the temp file is removed');
     assert.equal(await exists(blobFile(disk.dir, sha256(medium))), false);
     await disk.free();

@@ -7,12 +7,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { DIRECT_ALIGNMENT, DIRECT_BLOCK, directBlocks } from '../../src/storage/direct-appender.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DIRECT_ALIGNMENT, DIRECT_BLOCK, directBlocks, MAX_QUEUED_BLOCKS } from '../../src/storage/direct-appender.ts';
 import { createFsDriver, TMP_DIR } from '../../src/storage/fs-driver.ts';
 import type { StorageDriver, StorageWriter } from '../../src/storage/storage-driver.ts';
 import { MiB, runDriverConformance, runWriterConformance, waitFor, type DriverFixture } from '../helpers/storage-driver-conformance.ts';
@@ -34,17 +35,30 @@ async function collect(stream: Readable): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-/** How this process opened the temp files under `root` right now: their descriptors' flags (from /proc). */
-async function tempFileFlags(root: string): Promise<number[]> {
-  const flags: number[] = [];
+/** The descriptors this process has open on temp files under `root` right now, with their flags (from /proc). */
+async function tempFileDescriptors(root: string): Promise<{ fd: number; flags: number }[]> {
+  const descriptors: { fd: number; flags: number }[] = [];
   for (const fd of await readdir('/proc/self/fd')) {
     const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
     if (!target.startsWith(join(root, TMP_DIR))) continue;
     const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8').catch(() => '');
     const octal = /^flags:\s+([0-7]+)/m.exec(info)?.[1];
-    if (octal !== undefined) flags.push(parseInt(octal, 8));
+    if (octal !== undefined) descriptors.push({ fd: Number(fd), flags: parseInt(octal, 8) });
   }
-  return flags;
+  return descriptors;
+}
+
+/** The flags of the descriptors open on temp files under `root`. */
+const tempFileFlags = async (root: string) => (await tempFileDescriptors(root)).map((d) => d.flags);
+
+/** `promise`, or a failure with `message` after `ms`. */
+async function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const isDirect = (flags: number) => (flags & constants.O_DIRECT) !== 0;
@@ -116,6 +130,54 @@ describe('direct writes of the filesystem driver', () => {
     assert.deepEqual(await whole, data);
     // After the commit, the tail (written at publish) is read from the file.
     assert.deepEqual(await collect(await driver.read('follow', { start: data.length - 5000 })), data.subarray(data.length - 5000));
+  });
+
+  test('while the disk holds a direct write up, the next blocks wait in memory, as many as MAX_QUEUED_BLOCKS; followers read every byte', async () => {
+    const blocks = MAX_QUEUED_BLOCKS + 8;
+    const data = randomBytes(blocks * DIRECT_BLOCK + 1000);
+    const writer = await driver.createWriter('paused', { digest: sha256(data), size: data.length });
+    const directFd = (await tempFileDescriptors(root)).find((d) => isDirect(d.flags))!.fd;
+    // The disk "pauses": every direct write waits until the test lets it go (a virtual disk does,
+    // for 100-200 ms, a few times per GiB).
+    let resume!: () => void;
+    const paused = new Promise<void>((resolve) => (resume = resolve));
+    let heldWrites = 0;
+    const someHandle = await open(join(root, 'some-file'), 'w');
+    const prototype = Object.getPrototypeOf(someHandle) as { write: (...args: unknown[]) => Promise<unknown> };
+    await someHandle.close();
+    const realWrite = prototype.write;
+    prototype.write = async function (this: { fd: number }, ...args: unknown[]) {
+      if (this.fd === directFd) {
+        heldWrites++;
+        await paused;
+      }
+      return realWrite.apply(this, args);
+    };
+    const allocatedBefore = directBlocks.allocated;
+    try {
+      // Six blocks and a part are taken while the first block's write waits on the disk.
+      const first = 6 * DIRECT_BLOCK + 300_000;
+      await withDeadline(write(writer, data.subarray(0, first), 65_536, false), 5000, 'the write stopped while a direct write waited on the disk');
+      await waitFor(async () => writer.written === first);
+      assert.equal(heldWrites, 1);
+      // Block 0 is being written, blocks 1-5 are queued, block 6 is being gathered: all in memory.
+      assert.deepEqual(await collect(writer.openReader({ start: 0, end: first - 1 })), data.subarray(0, first));
+      assert.deepEqual(await collect(writer.openReader({ start: DIRECT_BLOCK - 10, end: DIRECT_BLOCK + 9 })), data.subarray(DIRECT_BLOCK - 10, DIRECT_BLOCK + 10));
+      // The queue is bounded: once MAX_QUEUED_BLOCKS wait, the write waits too.
+      const rest = write(writer, data.subarray(first), 65_536);
+      await waitFor(async () => writer.written >= (MAX_QUEUED_BLOCKS - 1) * DIRECT_BLOCK);
+      await sleep(100);
+      assert.ok(writer.written <= (MAX_QUEUED_BLOCKS + 1) * DIRECT_BLOCK, `${writer.written} bytes taken while the disk paused`);
+      assert.ok(directBlocks.allocated - allocatedBefore <= MAX_QUEUED_BLOCKS + 1, `${directBlocks.allocated - allocatedBefore} blocks allocated`);
+      assert.equal(heldWrites, 1);
+      resume();
+      await rest;
+    } finally {
+      resume();
+      prototype.write = realWrite;
+    }
+    await writer.commit();
+    assert.deepEqual(await driver.readAll('paused'), data);
   });
 
   test('wrong bytes are refused and leave nothing; the blocks come back to their pool', async () => {
