@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { request, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { runCommand } from './child-process.ts';
-import { CpuMeter, readCpuSeconds } from './cpu-meter.ts';
+import { CpuMeter, flushDirtyPages, readCpuSeconds } from './cpu-meter.ts';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -77,6 +77,7 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
   const runs: BlobRun[] = [];
   for (let run = 1; run <= options.runsPerTarget; run++) {
     for (const target of options.targets) {
+      await flushDirtyPages();
       const endpoint = await target.open();
       const meter = new CpuMeter({ registry: options.registryPid, ...(endpoint.proxyPid !== undefined ? { proxy: endpoint.proxyPid } : {}) });
       const startedAt = performance.now();

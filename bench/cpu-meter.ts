@@ -1,7 +1,9 @@
 // CPU accounting from /proc: how much of the machine each process under test used over a
 // window, how much the clients (curl, wrk: reaped children of this process) used, and how much
 // was left to everything else on the machine, which is noise the results should show.
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 
 /** USER_HZ; 100 on every Linux this runs on (`getconf CLK_TCK`). */
 const CLOCK_TICKS_PER_S = 100;
@@ -81,11 +83,21 @@ export class CpuMeter {
 }
 
 /**
- * Waits (up to `maxWaitMs`) for a second in which the rest of the machine uses less than
+ * Writes the page cache's dirty data to disk (`sync`): what an earlier measurement wrote through
+ * the page cache (every peer's cold pulls do; 1 GiB each) is otherwise flushed while the next one
+ * runs, and slows whatever that one writes or reads from the same disk.
+ */
+export async function flushDirtyPages(): Promise<void> {
+  await promisify(execFile)('sync');
+}
+
+/**
+ * Waits (up to `maxWaitMs`) for the disk to have taken what was written, then for a second in which the rest of the machine uses less than
  * `threshold` cores, and returns the last measurement: benchmarks on a shared 2-core machine
  * are only meaningful when nothing else runs.
  */
 export async function waitForQuietMachine(pids: Record<string, number>, threshold: number, maxWaitMs: number): Promise<{ otherCores: number; quiet: boolean }> {
+  await flushDirtyPages();
   const deadline = Date.now() + maxWaitMs;
   for (;;) {
     const meter = new CpuMeter(pids);

@@ -198,31 +198,35 @@ async function benchmark(): Promise<BenchResults> {
   const hitRss = new RssSampler(cached.service.pid, 100);
   const missRss: RssSummary[] = [];
   const missIdle: number[] = [];
+  const directMissRss: RssSummary[] = [];
   let missInstance: { docxy: Docxy; rss: RssSampler; before: Record<string, number> | undefined } | undefined;
   let hitBefore: Record<string, number> | undefined;
   let missCount = 0;
+  // A fresh docxy with an empty cache for every run, so that every run is a miss.
+  const missTarget = (name: string, rssSummaries: RssSummary[], extraConfig?: Record<string, unknown>): BlobTarget => ({
+    name,
+    settle: true,
+    open: async () => {
+      const docxy = await startDocxy(join(tmp, `${name}-${++missCount}`), upstream.url, cleanup, { label: `${name}-${missCount}`, cache: true, ...(extraConfig ? { extraConfig } : {}) });
+      if (!extraConfig) missIdle.push(readMemory(docxy.service.pid).rssMiB);
+      missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
+      return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
+    },
+    close: async () => {
+      const instance = missInstance!;
+      missInstance = undefined;
+      const outcome = await outcomeSince(instance.docxy.url, instance.before);
+      rssSummaries.push(instance.rss.stop());
+      await instance.docxy.stop();
+      return outcome ? { cacheOutcome: outcome } : {};
+    },
+  });
   const targets: BlobTarget[] = [
     { name: 'direct', open: async () => ({ url: `${upstream.url}${blobPath}` }) },
     { name: 'docxy-pass', open: async () => ({ url: `${pass.url}${blobPath}`, proxyPid: pass.service.pid }) },
-    {
-      // A fresh docxy with an empty cache for every run, so that every run is a miss.
-      name: 'docxy-miss',
-      settle: true,
-      open: async () => {
-        const docxy = await startDocxy(join(tmp, `docxy-miss-${++missCount}`), upstream.url, cleanup, { label: `docxy-miss-${missCount}`, cache: true });
-        missIdle.push(readMemory(docxy.service.pid).rssMiB);
-        missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
-        return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
-      },
-      close: async () => {
-        const instance = missInstance!;
-        missInstance = undefined;
-        const outcome = await outcomeSince(instance.docxy.url, instance.before);
-        missRss.push(instance.rss.stop());
-        await instance.docxy.stop();
-        return outcome ? { cacheOutcome: outcome } : {};
-      },
-    },
+    missTarget('docxy-miss', missRss),
+    // The same with direct writes turned on (storage.directWriteMinMiB, off by default): what the option buys.
+    missTarget('docxy-miss-direct-writes', directMissRss, { storage: { directWriteMinMiB: 128 } }),
     {
       name: 'docxy-hit',
       open: async () => {
@@ -268,7 +272,7 @@ async function benchmark(): Promise<BenchResults> {
   const ratios: Record<string, number> = {};
   for (const [target, mibps] of Object.entries(blobRuns.medianMiBps)) if (target !== 'direct') ratios[target] = mibps / blobRuns.medianMiBps.direct!;
   for (const run of blobRuns.runs) {
-    const expected = run.target === 'docxy-miss' ? 'miss' : run.target === 'docxy-hit' ? 'hit' : undefined;
+    const expected = run.target.startsWith('docxy-miss') ? 'miss' : run.target === 'docxy-hit' ? 'hit' : undefined;
     if (expected && run.cacheOutcome !== undefined && run.cacheOutcome !== expected) {
       warnings.push(`${run.target} run ${run.run} was served as "${run.cacheOutcome}", not "${expected}"`);
     }
@@ -441,7 +445,8 @@ async function benchmark(): Promise<BenchResults> {
   };
   for (const [name, ok] of Object.entries(peers.verified)) if (!ok) problems.push(`bytes through ${name} do not hash to ${image.layer.digest}`);
   const docxyPeakRssMiB = Math.max(...phases.map((p) => p.peakMiB), realistic.docxyColdPeakMiB, peakOf(realistic.fanout.docxy.rss));
-  const scoreRows = scorecard({ blob: blobRuns, docxyFanout: fanout, peers, fanoutSizeBytes: fanoutImage.layer.size, docxyPeakRssMiB });
+  const directWritesPeakRssMiB = directMissRss.length > 0 ? Math.max(...directMissRss.map(peakOf)) : undefined;
+  const scoreRows = scorecard({ blob: blobRuns, docxyFanout: fanout, peers, fanoutSizeBytes: fanoutImage.layer.size, docxyPeakRssMiB, directWritesPeakRssMiB });
   problems.push(...scoreProblems(scoreRows));
   const noisy = [...blobRuns.runs.map((r) => r.cpu.other), single.cpu.other, fanout.cpu.other, ...load.map((r) => r.cpu.other)].filter((other) => other > QUIET_THRESHOLD_CORES);
   if (noisy.length > 0) warnings.push(`${noisy.length} measurement(s) ran while other processes used > ${QUIET_THRESHOLD_CORES * 100}% CPU (see the "other" columns)`);

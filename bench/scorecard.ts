@@ -52,8 +52,10 @@ export interface ScoreInput {
   docxyFanout: ColdPullResult;
   peers: PeerResults;
   fanoutSizeBytes: number;
-  /** docxy's peak RSS over every phase of the run. */
+  /** docxy's peak RSS over every phase of the run (its default configuration). */
   docxyPeakRssMiB: number;
+  /** The peak RSS of the raw cold runs with direct writes turned on (not a default, so not in the above). */
+  directWritesPeakRssMiB?: number;
 }
 
 export function scorecard(input: ScoreInput): ScoreRow[] {
@@ -92,6 +94,12 @@ export function scorecard(input: ScoreInput): ScoreRow[] {
   const wholeText = (w: ReturnType<typeof whole>) => (w ? `${w.mibPerS.toFixed(0)} MiB/s until idle, ${w.cpuPerGiB.toFixed(1)} CPU-s/GiB, ${w.upstreamPerBlob.toFixed(2)}x the blob upstream` : '-');
   const [wd, wdist, wng] = [whole('docxy-miss'), whole('distribution-proxy-cold'), whole('nginx-proxy-cache-cold')];
   info('raw cold, whole cost (until proxy and registry are idle)', wholeText(wd), `distribution ${wholeText(wdist)}; nginx ${wholeText(wng)}`, wd && wdist ? `${(wd.mibPerS / wdist.mibPerS).toFixed(2)}x` : '');
+  const wdw = whole('docxy-miss-direct-writes');
+  if (m['docxy-miss-direct-writes'] !== undefined) {
+    const vsDistribution = m['distribution-proxy-cold'] ? `${(m['docxy-miss-direct-writes'] / m['distribution-proxy-cold']).toFixed(2)}x` : '';
+    const peak = input.directWritesPeakRssMiB === undefined ? '' : `, peak RSS ${input.directWritesPeakRssMiB.toFixed(0)} MiB`;
+    info('raw cold with direct writes on (storage.directWriteMinMiB: 128, not the default)', `${mibps(m['docxy-miss-direct-writes'])}; ${wholeText(wdw)}${peak}`, `distribution ${mibps(m['distribution-proxy-cold'])}`, vsDistribution);
+  }
   atLeast('raw warm (standalone): docxy vs nginx static', m['docxy-hit'], m['nginx-sendfile'], 'nginx-sendfile', t.warmVsSendfile);
   atLeast('raw warm through the nginx front vs nginx static', m['docxy-nginx-front'], m['nginx-sendfile'], 'nginx-sendfile', t.warmFrontVsSendfile);
   const rf = p.realistic.fanout;

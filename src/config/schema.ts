@@ -340,7 +340,7 @@ const storageSchema = z
      * filesystem: blobs of this many MiB or more are written with direct I/O (O_DIRECT), not
      * through the page cache, where the filesystem allows it; 0: never (README "Performance").
      */
-    directWriteMinMiB: z.number().nonnegative().default(128),
+    directWriteMinMiB: z.number().nonnegative().default(0),
     s3: s3StorageSchema.optional(),
   })
   .refine((storage) => storage.driver !== 's3' || storage.s3 !== undefined, { error: 'driver "s3" needs an s3 section (bucket, ...)', path: ['s3'] });

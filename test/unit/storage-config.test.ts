@@ -12,9 +12,9 @@ import { ConfigError } from '../../src/config/types.ts';
 const s3 = { bucket: 'docxy-cache', endpoint: 'http://127.0.0.1:7480', forcePathStyle: true };
 
 describe('config: storage', () => {
-  test('the filesystem driver on dataDir by default, blobs of 128 MiB or more written directly', () => {
-    assert.deepEqual(resolveConfig({}).storage, { driver: 'filesystem', directWriteMinBytes: 128 * 1024 * 1024 });
-    assert.deepEqual(resolveConfig({ storage: { directWriteMinMiB: 0 } }).storage, { driver: 'filesystem', directWriteMinBytes: 0 });
+  test('the filesystem driver on dataDir by default, every write through the page cache', () => {
+    assert.deepEqual(resolveConfig({}).storage, { driver: 'filesystem', directWriteMinBytes: 0 });
+    assert.deepEqual(resolveConfig({ storage: { directWriteMinMiB: 128 } }).storage, { driver: 'filesystem', directWriteMinBytes: 128 * 1024 * 1024 });
     assert.deepEqual(resolveConfig({ storage: { directWriteMinMiB: 0.5 } }).storage, { driver: 'filesystem', directWriteMinBytes: 512 * 1024 });
   });
 
