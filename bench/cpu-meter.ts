@@ -92,9 +92,9 @@ export async function flushDirtyPages(): Promise<void> {
 }
 
 /**
- * Waits (up to `maxWaitMs`) for the disk to have taken what was written, then for a second in which the rest of the machine uses less than
- * `threshold` cores, and returns the last measurement: benchmarks on a shared 2-core machine
- * are only meaningful when nothing else runs.
+ * Waits for the disk to have taken what was written, then (up to `maxWaitMs`) for a second in
+ * which the rest of the machine uses less than `threshold` cores, and returns the last
+ * measurement: benchmarks on a shared 2-core machine are only meaningful when nothing else runs.
  */
 export async function waitForQuietMachine(pids: Record<string, number>, threshold: number, maxWaitMs: number): Promise<{ otherCores: number; quiet: boolean }> {
   await flushDirtyPages();

@@ -3,17 +3,18 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { ChunkPool, trimWhenIdle } from './chunk-pool.ts';
 
 /**
- * Appending a large content to its temp file with direct I/O (O_DIRECT): the bytes go from one
- * reused, aligned block of memory to the disk, not through the page cache.
+ * Appending a large content to its temp file with direct I/O (O_DIRECT): the bytes go from
+ * reused, aligned 1 MiB blocks of memory to the disk, not through the page cache.
  *
  * A buffered write copies every byte into page-cache pages that the kernel must first find and
  * map; on a virtual machine whose free memory went back to the host, each new page is also a
  * fault on the host. Measured on this project's 2-core VM, writing 1 GiB to a fresh file:
  * buffered 2.1-3.0 s of system time (2.8-3.6 s wall), direct 0.13 s (0.5-0.8 s wall); in a cold
- * pull that was the largest single cost (3.1 of ~6 CPU-seconds per GiB). The bytes are still
- * where the followers of the write find them: below `onDisk` in the file (read through a normal
- * descriptor), above it in the block (`copyHeld`). The price: the first read of the content after
- * it is written comes from the disk instead of the page cache.
+ * pull that was the largest single cost (3.1 of ~6 CPU-seconds per GiB). The followers of the
+ * write read through `read`: from the file (the normal descriptor) what is on disk, from memory
+ * the blocks queued for the disk and the one being gathered. The prices: a write waits on the
+ * disk itself (full blocks queue while it pauses, MAX_QUEUED_BLOCKS at most), and the first read
+ * of the content after it is written comes from the disk instead of the page cache.
  *
  * Direct I/O needs the memory, the file offset and the length aligned to the device's logical
  * block size: blocks are WebAssembly memories (page-aligned; a Buffer is only 16-byte aligned),

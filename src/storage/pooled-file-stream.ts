@@ -43,8 +43,6 @@ export class PooledFileStream extends Readable {
   #delivering = false;
   /** The end of the file (or of the range) was pushed. */
   #ended = false;
-  /** Still counted in `openStreams`. */
-  #counted = true;
 
   constructor(handle: FileHandle, pool: ChunkPool, range?: ByteRange) {
     super({ highWaterMark: pool.size });
@@ -125,8 +123,7 @@ export class PooledFileStream extends Readable {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    if (this.#counted) openStreams--;
-    this.#counted = false;
+    openStreams--; // _destroy runs once per stream (destroy() is idempotent)
     this.#dropReads();
     this.#handle.close().then(
       () => callback(error),
