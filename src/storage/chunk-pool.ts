@@ -8,8 +8,10 @@
  *
  * Giving back is keyed on the very chunk object that was lent: a chunk that something sliced,
  * copied or kept on the way is never given back (it is then garbage collected as before), so a
- * buffer is never reused while a part of it may still be read. Nothing needs to be given back:
- * a pool that runs dry allocates.
+ * buffer is never reused while a part of it may still be read. One buffer may be lent as several
+ * chunks (views of it, each to another reader: see SharedReads), and held by whoever keeps it to
+ * lend again (`hold`, `drop`): it is free again once every chunk came back and every hold was
+ * dropped. Nothing needs to be given back: a pool that runs dry allocates.
  */
 export class ChunkPool {
   readonly size: number;
@@ -17,6 +19,8 @@ export class ChunkPool {
   #free: Buffer[] = [];
   /** A lent chunk -> the whole buffer it is (a view of). */
   readonly #lent = new WeakMap<Buffer, Buffer>();
+  /** A buffer -> its lent chunks not given back and its holds not dropped (absent: none). */
+  readonly #users = new WeakMap<Buffer, number>();
   readonly #allocate: (size: number) => Buffer;
   #lastUse = 0;
   #allocated = 0;
@@ -43,7 +47,24 @@ export class ChunkPool {
   /** `chunk` (`buffer`, or a view of it) goes to a consumer that may give it back. */
   lend(buffer: Buffer, chunk: Buffer): Buffer {
     this.#lent.set(chunk, buffer);
+    this.hold(buffer);
     return chunk;
+  }
+
+  /** `buffer` is kept (to lend views of it again): not free until `drop`ped, whatever comes back. */
+  hold(buffer: Buffer): void {
+    this.#users.set(buffer, (this.#users.get(buffer) ?? 0) + 1);
+  }
+
+  /** A `hold` ends: the buffer is free again if nothing else holds it and every chunk of it came back. */
+  drop(buffer: Buffer): void {
+    const users = (this.#users.get(buffer) ?? 1) - 1;
+    if (users > 0) {
+      this.#users.set(buffer, users);
+      return;
+    }
+    this.#users.delete(buffer);
+    this.release(buffer);
   }
 
   /** A buffer taken and not lent (a read that failed or found nothing): free again. */
@@ -72,12 +93,12 @@ export class ChunkPool {
     return this.lend(buffer, bytes === buffer.length ? buffer : buffer.subarray(0, bytes));
   }
 
-  /** `chunk` was written and nothing reads it any more: if it is a lent chunk, its buffer is free again. */
+  /** `chunk` was written and nothing reads it any more: if it is a lent chunk, its buffer is free again (once nothing else uses it). */
   giveBack(chunk: Buffer): void {
     const buffer = this.#lent.get(chunk);
     if (!buffer) return;
     this.#lent.delete(chunk);
-    this.release(buffer);
+    this.drop(buffer);
   }
 
   /** Buffers allocated so far (a pool that reuses well allocates few, however many bytes it read). */

@@ -3,6 +3,8 @@ import { pipeline } from 'node:stream/promises';
 import { CommitGate } from './commit-gate.ts';
 import type { ContentExpectation, ContentVerifier } from './content-verifier.ts';
 import { checkRange, type ByteRange, type StorageWriter } from './storage-driver.ts';
+import { storedReads } from './chunk-pool.ts';
+import { SharedReads } from './shared-reads.ts';
 import { WriteFollower, type FollowedWrite } from './write-follower.ts';
 
 /** Bytes the stage's sink queues before backpressure; large enough for `writev` batching. */
@@ -73,6 +75,8 @@ export class StagedWriter implements StorageWriter {
 
   /** The write as its followers see it. */
   readonly #view: FollowedWrite;
+  /** The followers' reads of stored bytes, one read per block for all of them. */
+  readonly #reads: SharedReads;
 
   /** `verifier`: the check of a write given an expectation (made first: an invalid one throws before the stage exists). */
   constructor(stage: WriteStage, verifier?: ContentVerifier) {
@@ -95,6 +99,7 @@ export class StagedWriter implements StorageWriter {
     this.#piped.catch((error: unknown) => this.#fail(error as Error));
     const size = this.expected?.size;
     const writer = this;
+    this.#reads = new SharedReads(storedReads, (buffer, position) => stage.read(buffer, position), () => this.#followers.size);
     this.#view = {
       get written() {
         return writer.#written;
@@ -107,7 +112,7 @@ export class StagedWriter implements StorageWriter {
       get total() {
         return writer.#sealed ? writer.#written : undefined;
       },
-      read: (buffer, position) => stage.read(buffer, position),
+      readStored: (position, max) => writer.#reads.chunk(position, max, writer.#written),
     };
   }
 
@@ -249,6 +254,7 @@ export class StagedWriter implements StorageWriter {
     this.#holders--;
     if (this.#holders > 0 || this.#released) return;
     this.#released = true;
+    this.#reads.close();
     this.#stage.release().catch(() => undefined);
   }
 }

@@ -27,8 +27,11 @@ export interface FollowedWrite {
    * chunk they came in, the very buffer, not a copy), or undefined when none are in memory.
    */
   unstored(position: number): Buffer | undefined;
-  /** Positional read of stored bytes (only below `written`). */
-  read(buffer: Buffer, position: number): Promise<number>;
+  /**
+   * Stored bytes from `position` (below `written`), at most `max`: a chunk lent from storedReads
+   * (shared with the other followers reading the same block), or undefined when none were read.
+   */
+  readStored(position: number, max: number): Promise<Buffer | undefined>;
 }
 
 /**
@@ -151,7 +154,7 @@ export class WriteFollower extends Readable {
         if (!this.push(piece)) return;
         continue;
       }
-      const chunk = await storedReads.read(available, (buffer) => write.read(buffer, this.#position));
+      const chunk = await write.readStored(this.#position, available);
       if (this.#done || this.destroyed) {
         if (chunk) storedReads.giveBack(chunk);
         return;
