@@ -71,6 +71,16 @@ export async function sendProxyResponse(
 }
 
 /**
+ * Bytes a streamed answer may gather for its socket in one turn of the event loop. The chunks that
+ * arrive in one turn go out together (the socket is corked until the turn ends): one writev
+ * instead of one write each. A fill's chunks are 64 KiB, and a socket write each cost ~50% more
+ * CPU per byte than one writev of them all; fifty followers at the front of one fill made fifty
+ * writes of every chunk, and the fill itself then waited for the main thread (measured, 50
+ * clients of one 64 MiB fill: the fill took 1.4-2.7 s instead of ~0.35, and held them all up).
+ */
+const STREAM_BATCH_BYTES = 1024 * 1024;
+
+/**
  * Streams `body` into `res` with backpressure, as pipeline() would: a failure on either side
  * (the body failing half-way, the client leaving) destroys both and rejects, so the client sees
  * a broken transfer, never a short one that looks complete. `written` is told of each chunk once
@@ -79,9 +89,24 @@ export async function sendProxyResponse(
 function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) => void, written?: (chunk: Buffer) => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let settled = false;
+    // Within a turn, until the batch is full: the socket's own backlog from an earlier turn
+    // (a client slower than its body) is waited for at once, as without the batching.
+    let batching = false;
+    let backlog = false;
+    const flush = () => {
+      batching = false;
+      res.uncork();
+    };
     const onData = (chunk: Buffer) => {
       count(chunk.length);
-      if (!(written ? res.write(chunk, () => written(chunk)) : res.write(chunk))) body.pause();
+      if (!batching) {
+        batching = true;
+        backlog = res.writableLength > 0;
+        res.cork();
+        setImmediate(flush);
+      }
+      const ok = written ? res.write(chunk, () => written(chunk)) : res.write(chunk);
+      if (!ok && (backlog || res.writableLength >= STREAM_BATCH_BYTES)) body.pause();
     };
     const onDrain = () => body.resume();
     const onEnd = () => res.end();
