@@ -151,7 +151,10 @@ export class BlobService {
       }
       return response.body;
     };
-    return { status, headers, body: fill.createReader(range ?? { start: 0 }, { fallback }), source: 'cache', cache: outcome, written: giveBackRead };
+    const response: RegistryResponse = { status, headers, body: fill.createReader(range ?? { start: 0 }, { fallback }), source: 'cache', cache: outcome, written: giveBackRead };
+    // A client joining a fill reads the buffers its leader (and the others) read too.
+    if (outcome === 'joined') response.batchWrites = true;
+    return response;
   }
 
   private async startFill(request: RegistryRequest, digest: Digest): Promise<RegistryResponse> {

@@ -64,6 +64,12 @@ export interface RegistryResponse {
    * the storage's read buffers are then used again (see storage/chunk-pool.ts).
    */
   written?(chunk: Buffer): void;
+  /**
+   * The body's chunks are buffers shared with other clients (a fill's arrivals, its stored blocks),
+   * alive anyway: the chunks of one turn of the event loop may wait for its end and go out in one
+   * socket write (fifty followers of one fill would write each 64 KiB chunk fifty times).
+   */
+  batchWrites?: boolean;
 }
 
 /**

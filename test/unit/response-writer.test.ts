@@ -74,14 +74,15 @@ describe('sendProxyResponse', () => {
     // than one writev of them all (fifty followers of a fill: 50 writes per upstream chunk).
     const chunks = Array.from({ length: 8 }, (_, i) => Buffer.alloc(64 * 1024, i));
     const whole = Buffer.concat(chunks);
-    answer = () => ({ status: 200, headers: { 'content-length': String(whole.length) }, body: Readable.from(chunks), source: 'upstream' });
+    answer = () => ({ status: 200, headers: { 'content-length': String(whole.length) }, body: Readable.from(chunks), source: 'cache', batchWrites: true });
     const got = await fetchRaw('GET');
     assert.deepEqual(got.body, whole);
     assert.equal(outcome!.writes, 8, 'each chunk written to the response');
     assert.equal(outcome!.socketWrites, 1, 'and all of them, with the headers, in one write of the socket');
   });
 
-  test('a client that stops reading stops the body: what waits for it stays bounded', async () => {
+  for (const batchWrites of [true, false]) {
+  test(`a client that stops reading stops the body: what waits for it stays bounded (batchWrites: ${batchWrites})`, async () => {
     let given = 0;
     const body = new Readable({
       read() {
@@ -89,7 +90,7 @@ describe('sendProxyResponse', () => {
         this.push(Buffer.alloc(64 * 1024, 1));
       },
     });
-    answer = () => ({ status: 200, headers: { 'content-length': String(1024 * 2 ** 20) }, body, source: 'upstream' });
+    answer = () => ({ status: 200, headers: { 'content-length': String(1024 * 2 ** 20) }, body, source: 'cache', batchWrites });
     const client = connect(port, '127.0.0.1');
     client.write('GET /v2/x/blobs/y HTTP/1.1\r\nHost: x\r\n\r\n');
     client.pause(); // never reads
@@ -107,6 +108,7 @@ describe('sendProxyResponse', () => {
       body.destroy();
     }
   });
+  }
 
   test('HEAD sends the headers of an in-memory body, and no byte of it', async () => {
     answer = () => ({ status: 200, headers: { 'content-length': String(manifest.length) }, body: new BufferBody(manifest), source: 'cache' });
