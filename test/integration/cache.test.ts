@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { request as httpRequest, ServerResponse, type IncomingMessage } from 'node:http';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { storedReads } from '../../src/storage/chunk-pool.ts';
@@ -13,6 +13,16 @@ import { http, jsonBody } from '../helpers/http-client.ts';
 const MANIFEST_ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json';
 
 /** GETs a URL and hashes the body as it streams; `onFirstByte` fires with the first chunk. */
+/** Counts the answers whose writes were batched (corked) until `stop`. */
+function countCorks(): { answers: Set<ServerResponse>; stop(): void } {
+  const answers = new Set<ServerResponse>();
+  ServerResponse.prototype.cork = function cork(this: ServerResponse) {
+    answers.add(this);
+    return Object.getPrototypeOf(ServerResponse.prototype).cork.call(this);
+  };
+  return { answers, stop: () => delete (ServerResponse.prototype as { cork?: unknown }).cork };
+}
+
 function fetchHashed(url: string, headers: Record<string, string> = {}, onFirstByte?: () => void) {
   return new Promise<{ status: number; headers: IncomingMessage['headers']; digest: string; bytes: number }>((resolve, reject) => {
     const req = httpRequest(url, { headers }, (res) => {
@@ -184,6 +194,7 @@ describe('pull-through cache', () => {
       return true;
     };
     const firstByteBeforeEnd: boolean[] = [];
+    const corks = countCorks();
     const results = await Promise.all(
       Array.from({ length: clients }, () =>
         fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`, {}, () => {
@@ -191,7 +202,9 @@ describe('pull-through cache', () => {
           firstByteBeforeEnd.push(!upstreamDone);
         }),
       ),
-    );
+    ).finally(() => corks.stop());
+    // The joiners' writes batch per event-loop turn (they share the fill's buffers); the leader's do not.
+    assert.ok(corks.answers.size >= clients - 1 && corks.answers.size < clients, `${corks.answers.size} of ${clients} answers batched their writes`);
     for (const result of results) {
       assert.equal(result.status, 200);
       assert.equal(result.bytes, big.length);
@@ -215,8 +228,10 @@ describe('pull-through cache', () => {
     await fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`); // stored (a miss, or already a hit)
     await docxy.settled();
     const allocated = storedReads.allocated;
-    const hit = await fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`);
+    const corks = countCorks();
+    const hit = await fetchHashed(`${docxy.url}/v2/library/app/blobs/${bigDigest}`).finally(() => corks.stop());
     assert.equal(hit.digest, bigDigest);
+    assert.equal(corks.answers.size, 0, 'a hit of its own buffers is written as it is read');
     // 128 reads of 512 KiB; without giving buffers back, each would allocate one.
     const fresh = storedReads.allocated - allocated;
     assert.ok(fresh <= 8, `the 64 MiB hit allocated ${fresh} read buffers`);
