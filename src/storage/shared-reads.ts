@@ -4,7 +4,7 @@ import type { ChunkPool } from './chunk-pool.ts';
  * Blocks kept per content at most. Fifty clients behind one fill move at about the same pace, a
  * few blocks apart: 16 blocks of 512 KiB (8 MiB) let them share nearly every read.
  */
-export const SHARED_BLOCKS_MAX = 16;
+const SHARED_BLOCKS_MAX = 16;
 
 /** One aligned block of the content, as read (possibly short: the bytes stored when it was read). */
 interface Block {
@@ -76,8 +76,9 @@ export class SharedReads {
   async #load(start: number, bytes: number, position: number, max: number): Promise<Buffer | undefined> {
     const previous = this.#blocks.get(start);
     if (previous?.buffer) this.#pool.drop(previous.buffer);
-    let done!: () => void;
-    const block: Block = { buffer: undefined, bytes: 0, loading: new Promise<void>((resolve) => (done = resolve)) };
+    this.#blocks.delete(start); // a block read now is the most recently used
+    const loaded = Promise.withResolvers<void>();
+    const block: Block = { buffer: undefined, bytes: 0, loading: loaded.promise };
     this.#blocks.set(start, block);
     const buffer = this.#pool.take();
     try {
@@ -88,7 +89,7 @@ export class SharedReads {
       throw error;
     } finally {
       block.loading = undefined;
-      done();
+      loaded.resolve();
     }
     const kept = !this.#closed && block.bytes > 0;
     if (kept) {
