@@ -72,17 +72,22 @@ export async function sendProxyResponse(
 }
 
 /**
- * Bytes a streamed answer that batches its writes (RegistryResponse.batchWrites) may gather for
- * its socket in one turn of the event loop: the chunks that arrive in one turn go out together
- * (the socket is corked until the turn ends), one writev instead of one write each. A fill's
- * chunks are 64 KiB, and a socket write each cost ~50% more CPU per byte than one writev of them
- * all; fifty followers at the front of one fill made fifty writes of every chunk, and the fill
- * itself then waited for the main thread (measured, 50 clients of one 64 MiB fill: the fill took
- * 1.4-2.7 s instead of ~0.35, and held them all up). Only for bodies of shared buffers: a single
- * stream of its own buffers (a pass-through) kept them a turn longer for little, ~10-20 MiB more
- * RSS at 600-800 MiB/s.
+ * How a streamed answer that batches its writes (RegistryResponse.batchWrites) gathers them: its
+ * socket is corked from its first chunk until STREAM_BATCH_BYTES are gathered or
+ * STREAM_BATCH_WAIT_MS have passed, then the batch goes out in one writev. Only for bodies of
+ * shared buffers (clients joining a fill), where it matters:
+ * - Fifty joiners at the front of one fill each wrote every increment the fill had read in a turn
+ *   of the event loop. The turns, long with fifty sockets to write, let the fill read little
+ *   (~110 KiB from a 200 MiB/s line), so the next turn had as many writes for as few bytes:
+ *   ~29,500 socket writes for 50 x 64 MiB, and the fill, holding every client, took ~3 s.
+ *   Gathering up to 1 MiB (or 5 ms, about 1 MiB of such a line): 2.0-2.3 s, measured in
+ *   alternating runs against 3.0-4.1 s.
+ * - A write per 64 KiB chunk costs ~50% more CPU per byte than one writev of sixteen.
+ * A single stream of its own buffers (a pass-through) would keep them longer for little: ~10-20
+ * MiB more RSS at 600-800 MiB/s.
  */
 const STREAM_BATCH_BYTES = 1024 * 1024;
+const STREAM_BATCH_WAIT_MS = 5;
 
 /**
  * Streams `body` into `res` with backpressure, as pipeline() would: a failure on either side
@@ -93,11 +98,14 @@ const STREAM_BATCH_BYTES = 1024 * 1024;
 function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) => void, written: ((chunk: Buffer) => void) | undefined, batch: boolean): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let settled = false;
-    // Batching, the body waits for a drain once the turn's batch is full, or at once when the
-    // socket still had a backlog from an earlier turn (a client slower than its body), as without.
+    // Batching, the body waits for a drain when the socket still had a backlog as a batch began
+    // (a client slower than its body), or after a batch went out that the socket did not take
+    // at once; as without batching otherwise.
     let batching = false;
     let backlog = false;
+    let timer: NodeJS.Timeout | undefined;
     const flush = () => {
+      clearTimeout(timer);
       batching = false;
       res.uncork();
     };
@@ -107,10 +115,13 @@ function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) 
         batching = true;
         backlog = res.writableLength > 0;
         res.cork();
-        setImmediate(flush);
+        timer = setTimeout(flush, STREAM_BATCH_WAIT_MS);
       }
       const ok = written ? res.write(chunk, () => written(chunk)) : res.write(chunk);
-      if (!ok && (!batching || backlog || res.writableLength >= STREAM_BATCH_BYTES)) body.pause();
+      if (batching && res.writableLength >= STREAM_BATCH_BYTES) {
+        flush();
+        if (res.writableLength > 0) body.pause();
+      } else if (!ok && (!batching || backlog)) body.pause();
     };
     const onDrain = () => body.resume();
     const onEnd = () => res.end();
@@ -135,6 +146,7 @@ function streamBody(body: Readable, res: ServerResponse, count: (bytes: number) 
     function settle(error?: Error): void {
       if (settled) return;
       settled = true;
+      clearTimeout(timer);
       for (const [emitter, event, listener] of listeners) emitter.off(event, listener);
       if (!error) {
         resolve();

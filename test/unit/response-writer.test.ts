@@ -81,6 +81,45 @@ describe('sendProxyResponse', () => {
     assert.equal(outcome!.socketWrites, 1, 'and all of them, with the headers, in one write of the socket');
   });
 
+  test('chunks that trickle in over several turns go out together, a batch at most 1 MiB', async () => {
+    // A fill from a 200 MiB/s line gives its followers ~64-110 KiB per turn of the event loop:
+    // written each turn, fifty followers made ~29,500 socket writes of one 64 MiB blob.
+    const chunks = Array.from({ length: 24 }, (_, i) => Buffer.alloc(64 * 1024, i));
+    const whole = Buffer.concat(chunks);
+    const body = new Readable({ read() {} });
+    answer = () => ({ status: 200, headers: { 'content-length': String(whole.length) }, body, source: 'cache', batchWrites: true });
+    const got = fetchRaw('GET');
+    // One chunk per turn (a few turns per millisecond): the batch is full long before it is 5 ms old.
+    for (const chunk of chunks) {
+      await new Promise((resolve) => setImmediate(resolve));
+      body.push(chunk);
+    }
+    body.push(null);
+    const answered = await got;
+    assert.deepEqual(answered.body, whole);
+    assert.equal(outcome!.writes, 24);
+    // 1.5 MiB: one full batch of 1 MiB, then the rest (with the headers, in a write of their own or the first).
+    assert.ok(outcome!.socketWrites <= 3, `${outcome!.socketWrites} socket writes for 24 chunks`);
+  });
+
+  test('a batch waits a few milliseconds at most: a lone chunk still goes out', async () => {
+    const body = new Readable({ read() {} });
+    answer = () => ({ status: 200, headers: { 'content-length': String(2 * 64 * 1024) }, body, source: 'cache', batchWrites: true });
+    body.push(Buffer.alloc(64 * 1024, 7)); // the second half never comes
+    const client = connect(port, '127.0.0.1');
+    let received = 0;
+    client.on('data', (data: Buffer) => (received += data.length));
+    client.write('GET /v2/x/blobs/y HTTP/1.1\r\nHost: x\r\n\r\n');
+    try {
+      const deadline = Date.now() + 2_000;
+      while (received <= 64 * 1024 && Date.now() < deadline) await sleep(5);
+      assert.ok(received > 64 * 1024, `headers and the first chunk arrived (${received} bytes)`);
+    } finally {
+      client.destroy();
+      body.destroy();
+    }
+  });
+
   for (const batchWrites of [true, false]) {
   test(`a client that stops reading stops the body: what waits for it stays bounded (batchWrites: ${batchWrites})`, async () => {
     let given = 0;
