@@ -22,8 +22,6 @@ import {
 
 /** Directory under the root holding writes in progress; never a key. */
 export const TMP_DIR = '_tmp';
-/** A write's temp file is flushed to the disk in the background every this many bytes (see FsStage). */
-const WRITEBACK_BYTES = 8 * 1024 * 1024;
 
 export interface FsDriverOptions {
   /** Directory holding every key; created when missing. */
@@ -124,7 +122,7 @@ export class FsDriver implements StorageDriver {
       this.#active.delete(tmp);
       throw error;
     }
-    const stage = new FsStage(handle, tmp, target, (range) => this.read(key, range), () => this.#active.delete(tmp), { ...(direct ? { direct } : {}), writebackBytes: WRITEBACK_BYTES });
+    const stage = new FsStage(handle, tmp, target, (range) => this.read(key, range), () => this.#active.delete(tmp), direct);
     return new StagedWriter(stage, verifier);
   }
 

@@ -14,12 +14,6 @@ import type { ByteRange } from './storage-driver.ts';
  * appended through it instead, bypassing the page cache; followers read through it (what it still
  * holds from its memory, the rest from the normal descriptor), and publish writes the held tail
  * and truncates its padding away before the fsync.
- *
- * With `writebackBytes`, the temp file is flushed to the disk in the background (fdatasync) each
- * time that many more bytes were written, one flush at a time, so that the fsync of publish has
- * only the tail left: the whole file's writeback at the end had held every commit up (~110 ms for
- * 64 MiB here, ~1.7 s per GiB), and with it the clients behind the nginx front, who are handed
- * the committed file.
  */
 export class FsStage implements WriteStage {
   readonly #handle: FileHandle;
@@ -29,12 +23,6 @@ export class FsStage implements WriteStage {
   readonly #openCommitted: (range: ByteRange) => Promise<Readable>;
   /** Called once the temp file is renamed or removed: it is no longer this instance's write in progress. */
   readonly #settled: () => void;
-  readonly #writebackBytes: number;
-  /** Bytes written since the last background flush began. */
-  #unflushed = 0;
-  #flushing: Promise<void> | undefined;
-  /** A background flush's failure: Linux reports a writeback error once per descriptor, so publish must. */
-  #flushError: Error | undefined;
 
   constructor(
     handle: FileHandle,
@@ -42,11 +30,10 @@ export class FsStage implements WriteStage {
     target: string,
     openCommitted: (range: ByteRange) => Promise<Readable>,
     settled: () => void,
-    options: { direct?: DirectAppender; writebackBytes?: number } = {},
+    direct?: DirectAppender,
   ) {
     this.#handle = handle;
-    this.#direct = options.direct;
-    this.#writebackBytes = options.writebackBytes ?? 0;
+    this.#direct = direct;
     this.#tmp = tmp;
     this.#target = target;
     this.#openCommitted = openCommitted;
@@ -63,7 +50,6 @@ export class FsStage implements WriteStage {
     let rest = buffers;
     for (;;) {
       const { bytesWritten } = await this.#handle.writev(rest, at);
-      this.#wrote(bytesWritten);
       const remaining = skip(rest, bytesWritten);
       if (remaining.length === 0) return;
       // A short write (the disk filling up): the next call reports why, or writes the rest.
@@ -71,22 +57,6 @@ export class FsStage implements WriteStage {
       at += bytesWritten;
       rest = remaining;
     }
-  }
-
-  /** Starts a background flush once `writebackBytes` more were written and none is running. */
-  #wrote(bytes: number): void {
-    if (this.#writebackBytes <= 0) return;
-    this.#unflushed += bytes;
-    if (this.#unflushed < this.#writebackBytes || this.#flushing) return;
-    this.#unflushed = 0;
-    this.#flushing = this.#handle
-      .datasync()
-      .catch((error: unknown) => {
-        this.#flushError ??= error as Error;
-      })
-      .finally(() => {
-        this.#flushing = undefined;
-      });
   }
 
   async read(buffer: Buffer, position: number): Promise<number> {
@@ -97,8 +67,6 @@ export class FsStage implements WriteStage {
 
   async publish(): Promise<void> {
     if (this.#direct) await this.#handle.truncate(await this.#direct.finish());
-    await this.#flushing;
-    if (this.#flushError) throw this.#flushError;
     await this.#handle.sync();
     const dir = dirname(this.#target);
     await mkdir(dir, { recursive: true });
