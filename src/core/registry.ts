@@ -66,8 +66,8 @@ export interface RegistryResponse {
   written?(chunk: Buffer): void;
   /**
    * The body's chunks are buffers shared with other clients (a fill's arrivals, its stored blocks),
-   * alive anyway: the chunks of one turn of the event loop may wait for its end and go out in one
-   * socket write (fifty followers of one fill would write each 64 KiB chunk fifty times).
+   * alive anyway: they may wait a few milliseconds and go out together in one socket write (fifty
+   * followers of one fill would write each 64 KiB chunk fifty times; see response-writer.ts).
    */
   batchWrites?: boolean;
 }

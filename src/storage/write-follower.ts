@@ -39,8 +39,8 @@ export interface FollowedWrite {
  * (waiting at the very byte that arrives next) each chunk is handed over as it arrives; a little
  * behind, it takes the chunks that arrived and wait to be stored, from memory; further behind
  * (its consumer is slower than the storage) it reads the stored bytes back by position, in
- * blocks the write's followers share (`readStored`), until it catches up again. It ends when the write is sealed or at `end`,
- * and fails (`fail`) when the write fails before it was sealed.
+ * blocks the write's followers share (`readStored`), until it catches up again. It ends when the
+ * write is sealed or at `end`, and fails (`fail`) when the write fails before it was sealed.
  */
 export class WriteFollower extends Readable {
   readonly #write: FollowedWrite;

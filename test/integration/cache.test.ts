@@ -12,7 +12,6 @@ import { http, jsonBody } from '../helpers/http-client.ts';
 
 const MANIFEST_ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json';
 
-/** GETs a URL and hashes the body as it streams; `onFirstByte` fires with the first chunk. */
 /** Counts the answers whose writes were batched (corked) until `stop`. */
 function countCorks(): { answers: Set<ServerResponse>; stop(): void } {
   const answers = new Set<ServerResponse>();
@@ -23,6 +22,7 @@ function countCorks(): { answers: Set<ServerResponse>; stop(): void } {
   return { answers, stop: () => delete (ServerResponse.prototype as { cork?: unknown }).cork };
 }
 
+/** GETs a URL and hashes the body as it streams; `onFirstByte` fires with the first chunk. */
 function fetchHashed(url: string, headers: Record<string, string> = {}, onFirstByte?: () => void) {
   return new Promise<{ status: number; headers: IncomingMessage['headers']; digest: string; bytes: number }>((resolve, reject) => {
     const req = httpRequest(url, { headers }, (res) => {
@@ -203,7 +203,7 @@ describe('pull-through cache', () => {
         }),
       ),
     ).finally(() => corks.stop());
-    // The joiners' writes batch per event-loop turn (they share the fill's buffers); the leader's do not.
+    // The joiners' writes batch (they share the fill's buffers); the leader's do not.
     assert.ok(corks.answers.size >= clients - 1 && corks.answers.size < clients, `${corks.answers.size} of ${clients} answers batched their writes`);
     for (const result of results) {
       assert.equal(result.status, 200);
