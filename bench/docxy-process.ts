@@ -20,7 +20,7 @@ export function projectNode(): string {
 }
 
 /**
- * The Node flags `npm start` runs docxy with (`node --max-semi-space-size=2 bin/docxy.js serve`),
+ * The Node flags `npm start` runs docxy with (`node --max-semi-space-size=1 ... bin/docxy.js serve`),
  * read from package.json so that the benchmark follows the project: V8 sizes its heap from the
  * command line only, so running bin/docxy.js without them measures another memory profile.
  */

@@ -87,7 +87,7 @@ async function buildInto(work: string, version: string): Promise<void> {
   // The V8 flags bin/docxy.js and `npm start` run docxy with (see bin/docxy.js). The code cache is
   // made under the same flags: V8 rejects a cache made under flags that differ (with a warning on
   // every start), and --external-memory-accounted-in-global-limit is one it checks.
-  const v8Flags = ['--max-semi-space-size=2', '--external-memory-accounted-in-global-limit', '--heap-growing-percent=100'];
+  const v8Flags = ['--max-semi-space-size=1', '--external-memory-accounted-in-global-limit', '--heap-growing-percent=100'];
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'docxy.blob');
   writeFileSync(seaConfig, `${JSON.stringify({

@@ -30,7 +30,7 @@ const DEADLINE_MS = 30_000;
 /**
  * RSS after a full GC late in the run may exceed RSS after a full GC at the end of the warm-up
  * (a quarter in) by this much at most. Sampled without a GC, RSS says when V8 last collected
- * (docxy runs with a 2 MiB young generation), not what docxy keeps: see test/fuzz/gc-on-signal.ts.
+ * (docxy runs with a 1 MiB young generation), not what docxy keeps: see test/fuzz/gc-on-signal.ts.
  */
 const RSS_GROWTH_BOUND = 48 * MiB;
 /**
