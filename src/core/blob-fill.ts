@@ -1,9 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { Readable, Writable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from '../oci/digest.ts';
+import { storedReads } from '../storage/chunk-pool.ts';
 import { DigestMismatchError } from '../storage/content-verifier.ts';
+import { GatheringSink } from '../storage/gathering-sink.ts';
 import type { ByteRange, StorageWriter } from '../storage/storage-driver.ts';
 import { FillReader } from './fill-reader.ts';
 
@@ -212,16 +214,19 @@ export class BlobFill extends EventEmitter {
     throw new Error(`upstream answered ${response.status} to a resume at byte ${offset}`);
   }
 
-  /** Streams upstream bytes into the writer, with its backpressure; an upstream failure leaves the writer open for a resume. */
+  /**
+   * Streams upstream bytes into the writer, with its backpressure, gathered into larger chunks
+   * (see GatheringSink); an upstream failure leaves the writer open for a resume.
+   */
   private async copy(body: Readable): Promise<void> {
-    const stream = this.writer!.stream;
-    const sink = new Writable({
-      highWaterMark: 1024 * 1024,
-      write: (chunk: Buffer, _encoding, callback) => {
-        this.accepted += chunk.length;
-        this.upstreamBytes += chunk.length;
-        if (stream.write(chunk)) callback();
-        else stream.once('drain', () => callback());
+    const sink = new GatheringSink({
+      target: this.writer!.stream,
+      pool: storedReads,
+      onArrive: (bytes) => {
+        this.upstreamBytes += bytes;
+      },
+      onForward: (bytes) => {
+        this.accepted += bytes;
       },
     });
     await pipeline(body, sink, { signal: this.controller.signal });

@@ -21,6 +21,8 @@ export class ChunkPool {
   readonly #lent = new WeakMap<Buffer, Buffer>();
   /** A buffer -> its lent chunks not given back and its holds not dropped (absent: none). */
   readonly #users = new WeakMap<Buffer, number>();
+  /** The memory of every buffer this pool made -> that buffer (to find it from any view of it). */
+  readonly #owners = new WeakMap<ArrayBufferLike, Buffer>();
   readonly #allocate: (size: number) => Buffer;
   #lastUse = 0;
   #allocated = 0;
@@ -41,7 +43,10 @@ export class ChunkPool {
     const reused = this.#free.pop();
     if (reused) return reused;
     this.#allocated++;
-    return this.#allocate(this.size);
+    const buffer = this.#allocate(this.size);
+    // Only a buffer that is its whole memory (not a slice of a shared slab) is found from its views.
+    if (buffer.byteOffset === 0 && buffer.buffer.byteLength === buffer.length) this.#owners.set(buffer.buffer, buffer);
+    return buffer;
   }
 
   /** `chunk` (`buffer`, or a view of it) goes to a consumer that may give it back. */
@@ -49,6 +54,16 @@ export class ChunkPool {
     this.#lent.set(chunk, buffer);
     this.hold(buffer);
     return chunk;
+  }
+
+  /**
+   * `part` (a view of a buffer of this pool, which someone holds or has lent) goes to a consumer
+   * that may give it back, as `lend` does: the buffer is not reused before it came back. Any other
+   * Buffer is returned as it is.
+   */
+  lendPart(part: Buffer): Buffer {
+    const buffer = this.#owners.get(part.buffer);
+    return buffer ? this.lend(buffer, part) : part;
   }
 
   /** `buffer` is kept (to lend views of it again): not free until `drop`ped, whatever comes back. */

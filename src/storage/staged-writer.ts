@@ -202,6 +202,8 @@ export class StagedWriter implements StorageWriter {
       () => {
         this.#written += bytes;
         this.#unstored.drop(bytes);
+        // Stored: a chunk lent from storedReads (a fill's, see BlobFill) may serve again, once its followers gave their views back.
+        for (const buffer of buffers) storedReads.giveBack(buffer);
         for (const follower of this.#followers) follower.wake();
         callback();
       },

@@ -24,7 +24,9 @@ export interface FollowedWrite {
   readonly total: number | undefined;
   /**
    * The bytes at `position` that arrived but are not stored yet (from there to the end of the
-   * chunk they came in, the very buffer, not a copy), or undefined when none are in memory.
+   * chunk they came in, the very buffer, not a copy), or undefined when none are in memory. A
+   * follower lends what it pushes of it (`storedReads.lendPart`): the chunk may be a pooled
+   * buffer, used again once stored and given back by everyone it was lent to.
    */
   unstored(position: number): Buffer | undefined;
   /**
@@ -78,7 +80,8 @@ export class WriteFollower extends Readable {
     const stop = Math.min(this.#last() + 1, chunkEnd);
     const whole = from === 0 && stop === chunkEnd;
     this.#position = stop;
-    const more = this.push(whole ? chunk : chunk.subarray(from, stop - offset));
+    // A view of its own for each follower, lent (its buffer may be a pooled one, see StagedWriter).
+    const more = this.push(storedReads.lendPart(chunk.subarray(from, stop - offset)));
     if (more && whole && this.#position <= this.#last()) return; // still caught up: stay waiting
     this.#waiting = false;
     if (more) this.#pump(); // ends, or goes on from storage
@@ -149,7 +152,7 @@ export class WriteFollower extends Readable {
           return;
         }
         const wanted = last + 1 - this.#position;
-        const piece = chunk.length > wanted ? chunk.subarray(0, wanted) : chunk;
+        const piece = storedReads.lendPart(chunk.subarray(0, Math.min(wanted, chunk.length)));
         this.#position += piece.length;
         if (!this.push(piece)) return;
         continue;

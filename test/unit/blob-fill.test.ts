@@ -4,10 +4,13 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { test } from 'node:test';
 import { BlobFill, FillBypassError, type FillResponse } from '../../src/core/blob-fill.ts';
 import { parseDigest, type Digest } from '../../src/oci/digest.ts';
 import { ContentVerifier, DigestMismatchError } from '../../src/storage/content-verifier.ts';
+import { storedReads } from '../../src/storage/chunk-pool.ts';
 import { StagedWriter, type WriteStage } from '../../src/storage/staged-writer.ts';
 import type { ByteRange } from '../../src/storage/storage-driver.ts';
 
@@ -335,4 +338,56 @@ test('the fill refuses a storage writer that does not verify its blob', async ()
   const fill = new BlobFill({ digest: digestOf(data), open: async () => answer(data), createWriter: async () => new StagedWriter(stage) });
   await assert.rejects(fill.done, /does not verify/);
   assert.ok(stage.discarded && !stage.published);
+});
+
+/**
+ * A fill of `data` on a fresh test writer, its upstream answering in 64 KiB pieces (as a socket's
+ * reads); `slow`: one piece per turn of the event loop, so that a reader waits for each as it arrives.
+ */
+function plainFill(data: Buffer, slow = false): { fill: BlobFill; stage: TestStage } {
+  const { writer, stage } = testWriter(data);
+  async function* pieces(): AsyncGenerator<Buffer> {
+    for (let offset = 0; offset < data.length; offset += 64 * 1024) {
+      await nextTurn();
+      yield data.subarray(offset, offset + 64 * 1024);
+    }
+  }
+  const open = async (): Promise<FillResponse> =>
+    slow ? { status: 200, headers: { 'content-length': String(data.length) }, body: Readable.from(pieces(), { objectMode: false }) } : answer(data, 64 * 1024);
+  return { fill: new BlobFill({ digest: digestOf(data), open, createWriter: async () => writer }), stage };
+}
+
+/** Every chunk a reader of `fill` gets, each given back to the pool once taken (as the HTTP layer does once a socket wrote it) unless `keep`. */
+async function readChunks(fill: BlobFill, keep: boolean): Promise<Buffer[]> {
+  await fill.ready;
+  const chunks: Buffer[] = [];
+  // 'data' events (as the HTTP layer takes them): the very chunks pushed, never joined into a copy.
+  const reader = fill.createReader().on('data', (chunk: Buffer) => (keep ? chunks.push(chunk) : storedReads.giveBack(chunk)));
+  await finished(reader);
+  await fill.done;
+  return chunks;
+}
+
+// The fill gathers the upstream's reads into pooled buffers (GatheringSink) that serve again once
+// stored and written to every client: a client whose socket still holds a chunk must keep its bytes.
+test('a reader holding its chunks (its socket has not written them) never sees them written over by later fills', { timeout: 20_000 }, async () => {
+  const data = randomBytes(3 * MiB);
+  const first = plainFill(data, true);
+  const held = await readChunks(first.fill, true);
+  assert.ok(first.stage.published);
+  for (let i = 0; i < 3; i++) await readChunks(plainFill(randomBytes(3 * MiB)).fill, false);
+  // (equals, not deepEqual: a diff of two 3 MiB buffers takes minutes to print)
+  assert.ok(Buffer.concat(held).equals(data), 'the held chunks still hold the first blob');
+});
+
+test("a fill's buffers serve the next fills once stored and given back by its readers", { timeout: 20_000 }, async () => {
+  await readChunks(plainFill(randomBytes(3 * MiB)).fill, false);
+  const before = storedReads.allocated;
+  for (let i = 0; i < 2; i++) {
+    const data = randomBytes(3 * MiB);
+    const { fill, stage } = plainFill(data);
+    await readChunks(fill, false);
+    assert.ok(stage.data.equals(data));
+  }
+  assert.ok(storedReads.allocated - before <= 2, `two more fills of 3 MiB allocated ${storedReads.allocated - before} buffers of 512 KiB (6 each without reuse)`);
 });
