@@ -11,6 +11,7 @@ import { describeCoordination } from './config/coordination.ts';
 import { ConfigError, type Config } from './config/types.ts';
 import { createLogger } from './observability/logger.ts';
 import { createContentStore } from './storage/content-store.ts';
+import { collectStartupGarbage } from './startup-garbage.ts';
 import type { UpstreamPullLimits } from './upstream/upstream-registry.ts';
 import { VERSION } from './version.ts';
 
@@ -96,6 +97,8 @@ export function buildCli(): Command {
         app.logger.fatal({ err: error }, 'cannot listen');
         process.exit(1);
       }
+      const collected = collectStartupGarbage();
+      if (collected) app.logger.debug({ heapBytesBefore: collected.before, heapBytesAfter: collected.after }, 'startup garbage collected');
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) process.exit(1);
