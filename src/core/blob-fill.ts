@@ -3,7 +3,6 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from '../oci/digest.ts';
-import { storedReads } from '../storage/chunk-pool.ts';
 import { DigestMismatchError } from '../storage/content-verifier.ts';
 import { GatheringSink } from '../storage/gathering-sink.ts';
 import type { ByteRange, StorageWriter } from '../storage/storage-driver.ts';
@@ -221,7 +220,6 @@ export class BlobFill extends EventEmitter {
   private async copy(body: Readable): Promise<void> {
     const sink = new GatheringSink({
       target: this.writer!.stream,
-      pool: storedReads,
       onArrive: (bytes) => {
         this.upstreamBytes += bytes;
       },

@@ -1,11 +1,15 @@
 import { Writable } from 'node:stream';
-import type { ChunkPool } from './chunk-pool.ts';
+import { storedReads, type ChunkPool } from './chunk-pool.ts';
 
 export interface GatheringSinkOptions {
   /** Where the gathered chunks go (a storage writer's stream); its backpressure holds this sink. */
   target: Writable;
-  /** Where the gathering buffers come from (and go back to, once the target's consumers are done). */
-  pool: ChunkPool;
+  /**
+   * Where the gathering buffers come from (default storedReads). It must be the pool the target
+   * and its consumers give back to: a StagedWriter and its followers lend and give back to
+   * storedReads, and a part of another pool's buffer would be reused while a follower still holds it.
+   */
+  pool?: ChunkPool;
   /** Bytes came in (before they are gathered). */
   onArrive?(bytes: number): void;
   /** Bytes went on to the target. */
@@ -37,9 +41,10 @@ export class GatheringSink extends Writable {
   #flushQueued = false;
 
   constructor(options: GatheringSinkOptions) {
-    super({ highWaterMark: options.pool.size });
+    const pool = options.pool ?? storedReads;
+    super({ highWaterMark: pool.size });
     this.#target = options.target;
-    this.#pool = options.pool;
+    this.#pool = pool;
     this.#onArrive = options.onArrive;
     this.#onForward = options.onForward;
   }
