@@ -12,7 +12,7 @@
 // Output: dist-bin/docxy (gitignored); the intermediate files live in a temp dir, removed after.
 import { build, type Plugin } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,12 +90,19 @@ async function buildInto(work: string, version: string): Promise<void> {
   const v8Flags = ['--max-semi-space-size=1', '--external-memory-accounted-in-global-limit', '--heap-growing-percent=100'];
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'docxy.blob');
+  // The sendfile engine goes in as an asset (src/http/file-sender.ts loads it from there), when
+  // it could be built here; without it the executable streams stored bytes itself.
+  step(NODE_BINARY, [join(ROOT, 'scripts', 'build-native.ts')]);
+  const engine = join(ROOT, 'native', 'sendfile.node');
+  const assets = existsSync(engine) ? { 'sendfile.node': engine } : undefined;
+  if (!assets) process.stderr.write('build:binary: no sendfile engine (native/sendfile.node): the executable streams stored bytes itself\n');
   writeFileSync(seaConfig, `${JSON.stringify({
     main: bundle,
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: true,
     execArgv: v8Flags,
+    ...(assets ? { assets } : {}),
   }, null, 2)}\n`);
   step(NODE_BINARY, [...v8Flags, '--experimental-sea-config', seaConfig]);
 

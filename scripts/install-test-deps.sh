@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that docxy's end-to-end tests need (Debian bookworm, as root).
+# gcc and libc6-dev build the sendfile engine (native/sendfile.c) that npm test and npm run build compile.
 # Idempotent: installs only what is missing, runs `apt-get update` at most once.
 # Usage: sudo npm run install-test-deps
 set -euo pipefail
@@ -27,6 +28,8 @@ deps=(
   ceph-osd:ceph-osd
   radosgw:radosgw
   redis-server:redis-server
+  gcc:gcc
+  libc6-dev:dpkg
 )
 
 installed() {

@@ -19,6 +19,10 @@ if (missing.length > 0) {
   process.stderr.write(`\n${banner.map((line) => `  ${line}`).join('\n')}\n\n`);
 }
 
+// The sendfile engine (native/sendfile.c) is built first: the tests run docxy from its sources.
+const native = spawnSync(process.execPath, ['scripts/build-native.ts', ...(process.env.CI === 'true' ? ['--required'] : [])], { stdio: 'inherit' });
+if (native.status !== 0) process.exit(native.status ?? 1);
+
 const pattern = process.argv[2];
 const files = ['test/unit', 'test/integration', 'test/e2e', 'test/reliability']
   .flatMap((dir) => globSync(`${dir}/**/*.test.ts`))

@@ -37,6 +37,7 @@ import { RateLimiter } from './access/rate-limiter.ts';
 import type { Coordinator } from './coordination/coordinator.ts';
 import { createCoordinator } from './coordination/create-coordinator.ts';
 import { NegativeCache } from './core/negative-cache.ts';
+import { sendfileState, useSendfile } from './http/file-sender.ts';
 
 /**
  * node:http, got without an ESM import: importing it as an ES module makes Node build its
@@ -132,6 +133,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
   };
   const handler = createRequestHandler(ctx);
+  useSendfile(config.server.sendfile);
   // Slow clients are cut off: the request (headers and body) must arrive within its timeouts;
   // the answer may take as long as a blob download takes. Node checks them every second here.
   const serverOptions = {
@@ -191,7 +193,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       }
       series?.start();
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
-      logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl && displayUrl(config.publicUrl) }, 'listening');
+      logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl && displayUrl(config.publicUrl), sendfile: sendfileState() }, 'listening');
       if (redirectServer && config.httpRedirect) {
         const redirectUrl = await listenOn(redirectServer, config.httpRedirect.listen, 'http');
         logger.info({ url: redirectUrl, to: config.publicUrl && displayUrl(config.publicUrl) }, 'redirecting plain HTTP');

@@ -187,6 +187,12 @@ const serverSchema = z.strictObject({
    * to finish, then what is left is closed and docxy exits (0). Keep systemd's TimeoutStopSec above it.
    */
   shutdownGraceMs: z.number().int().nonnegative().default(60_000),
+  /**
+   * Stored bytes go to plain-HTTP clients by sendfile(2), from docxy's sendfile engine (a thread
+   * of its own: native/sendfile.c, built with the project where a C compiler is); false, or
+   * without the engine: docxy streams them itself. TLS clients are always streamed.
+   */
+  sendfile: z.boolean().default(true),
 });
 
 /** An IPv4/IPv6 address or CIDR (checked in load.ts, which names the entry). */

@@ -55,6 +55,8 @@ export interface RequestLog {
   source?: string;
   cache?: CacheOutcome;
   bytes: number;
+  /** The body went out by the sendfile engine (file-sender.ts), not through docxy's JavaScript. */
+  via?: 'sendfile';
   error?: string;
 }
 

@@ -2,8 +2,10 @@ import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { BufferBody, type HeaderValues, type RegistryResponse } from '../core/registry.ts';
+import { isFileBacked, type FileBackedReadable, type FileParts } from '../storage/storage-driver.ts';
 import type { RequestLog } from './context.ts';
 import { API_VERSION_HEADER, withoutOwnHeaders } from './error-writer.ts';
+import { canSendFile, sendFile, SendfileError } from './file-sender.ts';
 import { forwardableResponseHeaders } from './headers.ts';
 
 /**
@@ -59,16 +61,55 @@ export async function sendProxyResponse(
     await finished(res);
     return;
   }
+  const count = (bytes: number) => {
+    log.bytes += bytes;
+    sent?.(bytes);
+  };
+  // Only with the length in the headers: the bytes go out raw, without chunked framing.
+  if (isFileBacked(body) && headers['content-length'] !== undefined && canSendFile(res)) {
+    const parts = body.fileParts();
+    if (parts) {
+      log.via = 'sendfile';
+      if (await sendFileBody(res, body, parts, count)) return;
+      delete log.via; // the file failed before its first byte: the body streams what replaced it
+    }
+  }
   await streamBody(
     body,
     res,
-    (bytes) => {
-      log.bytes += bytes;
-      sent?.(bytes);
-    },
+    count,
     response.written,
     response.batchWrites ?? false,
   );
+}
+
+/**
+ * Sends a stored file's bytes with the sendfile engine (file-sender.ts): the kernel copies them
+ * from the page cache to the socket on the engine's thread, none through JavaScript. The body
+ * stream delivers nothing itself; it is destroyed (its descriptor closed, its hold on a fill let
+ * go) once the transfer ended, either way. A transfer that fails destroys the connection, as a
+ * streamed one does; except when its parts failed before the first byte and the body lives on
+ * (a fill whose storage failed streams the same bytes from upstream: FillReader): false, stream it.
+ */
+async function sendFileBody(res: ServerResponse, body: FileBackedReadable, parts: FileParts, count: (bytes: number) => void): Promise<boolean> {
+  body.on('error', () => undefined); // the parts report the same failure
+  let total = 0;
+  try {
+    await sendFile(res, parts, (bytes) => {
+      total += bytes;
+      count(bytes);
+    });
+    await new Promise<void>((resolve) => res.end(resolve));
+  } catch (error) {
+    if (total === 0 && !(error instanceof SendfileError) && !res.destroyed) {
+      await new Promise(setImmediate); // the body decides on its replacement on the same error
+      if (!body.destroyed) return false;
+    }
+    discard(body);
+    throw error;
+  }
+  discard(body);
+  return true;
 }
 
 /**

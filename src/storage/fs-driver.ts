@@ -81,15 +81,18 @@ export class FsDriver implements StorageDriver {
       if (isMissing(error)) throw new StorageNotFoundError(key);
       throw error;
     }
+    let size: number;
     try {
+      const stats = await handle.stat();
       // Opening a directory succeeds on Linux; only regular files are keys.
-      if (!(await handle.stat()).isFile()) throw new StorageNotFoundError(key);
+      if (!stats.isFile()) throw new StorageNotFoundError(key);
+      size = stats.size;
     } catch (error) {
       await handle.close();
       throw error;
     }
     // The stream owns the descriptor from here on and closes it on end, error or destroy.
-    return new PooledFileStream(handle, storedReads, range);
+    return new PooledFileStream(handle, storedReads, range, size);
   }
 
   async readAll(key: string): Promise<Buffer | undefined> {

@@ -40,6 +40,11 @@ export class FsStage implements WriteStage {
     this.#settled = settled;
   }
 
+  /** The temp file's descriptor; none with direct writes (the tail stays in the appender's memory until publish). */
+  get fd(): number | undefined {
+    return this.#direct ? undefined : this.#handle.fd;
+  }
+
   async write(buffers: Buffer[], position: number): Promise<void> {
     const direct = this.#direct;
     if (direct) {

@@ -1,7 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { ChunkPool } from './chunk-pool.ts';
-import type { ByteRange } from './storage-driver.ts';
+import type { ByteRange, FileBackedReadable, FileParts, FileRange } from './storage-driver.ts';
 
 /**
  * A read that took longer than this came from the disk, not the page cache (a 512 KiB read from
@@ -30,11 +30,13 @@ let openStreams = 0;
  * and closes it on end, error or destroy (a close waits for the reads in flight; their chunks go
  * back to the pool).
  */
-export class PooledFileStream extends Readable {
+export class PooledFileStream extends Readable implements FileBackedReadable {
   readonly #handle: FileHandle;
   readonly #pool: ChunkPool;
   /** Where the next read starts. */
   #next: number;
+  /** Where the first read starts. */
+  readonly #start: number;
   /** First byte not to read. */
   readonly #stop: number;
   /** Reads in flight, in file order, with the bytes each asked for; the first is the next chunk to push. */
@@ -44,13 +46,29 @@ export class PooledFileStream extends Readable {
   /** The end of the file (or of the range) was pushed. */
   #ended = false;
 
-  constructor(handle: FileHandle, pool: ChunkPool, range?: ByteRange) {
+  /** `size`: the file's, when known (a sender of the file needs the length to send). */
+  constructor(handle: FileHandle, pool: ChunkPool, range?: ByteRange, size?: number) {
     super({ highWaterMark: pool.size });
     this.#handle = handle;
     this.#pool = pool;
-    this.#next = range?.start ?? 0;
-    this.#stop = range?.end === undefined ? Infinity : range.end + 1;
+    this.#next = this.#start = range?.start ?? 0;
+    this.#stop = Math.min(range?.end === undefined ? Infinity : range.end + 1, size ?? Infinity);
     openStreams++;
+  }
+
+  fileParts(): FileParts | undefined {
+    if (this.#next !== this.#start || this.#ended || this.destroyed || this.#stop === Infinity) return undefined;
+    // One part, all of it; the stream reads nothing from here on.
+    let part: FileRange | null = { offset: this.#start, length: Math.max(0, this.#stop - this.#start) };
+    this.#next = this.#stop;
+    return {
+      fd: this.#handle.fd,
+      next: async () => {
+        const given = part;
+        part = null;
+        return given;
+      },
+    };
   }
 
   override _read(): void {

@@ -32,6 +32,11 @@ export interface WriteStage {
   release(): Promise<void>;
   /** Reads the key as committed (for a follower opened after the stage was released). */
   openCommitted(range: ByteRange): Promise<Readable>;
+  /**
+   * A descriptor of a local file that holds the stored bytes at their positions, valid until
+   * `release`, for followers whose bytes are sent from it (sendfile); undefined when there is none.
+   */
+  readonly fd?: number;
 }
 
 /**
@@ -113,6 +118,8 @@ export class StagedWriter implements StorageWriter {
         return writer.#sealed ? writer.#written : undefined;
       },
       readStored: (position, max) => writer.#reads.chunk(position, max, writer.#written),
+      // Each follower holds the stage, so the descriptor outlives every follower that has it.
+      fd: stage.fd,
     };
   }
 

@@ -121,6 +121,41 @@ export interface StorageWriter {
   abort(reason?: Error): Promise<void>;
 }
 
+/** A part of a local file: `length` bytes from `offset`. */
+export interface FileRange {
+  offset: number;
+  length: number;
+}
+
+/** The bytes a read delivers, as parts of one local file, for a sender that sends them from the file itself. */
+export interface FileParts {
+  /** The file's descriptor: valid until the read (its stream) is destroyed. */
+  readonly fd: number;
+  /**
+   * The next part, once its bytes are there (in the file, and verified where they are checked);
+   * null after the last one. Rejects when the read fails; its stream fails with the same error.
+   */
+  next(): Promise<FileRange | null>;
+}
+
+/**
+ * A read whose bytes lie in a local file (the filesystem driver's reads, a fill's followers):
+ * whoever writes it to a socket may send them from the file (sendfile) instead of reading them
+ * through the stream.
+ */
+export interface FileBackedReadable extends Readable {
+  /**
+   * The file and the parts of it to send, while the stream has delivered nothing; from then on it
+   * delivers nothing itself, and the sender destroys it once done. Undefined when it cannot (it
+   * has delivered bytes already, or has no such file): read it as a stream then.
+   */
+  fileParts(): FileParts | undefined;
+}
+
+export function isFileBacked(body: Readable): body is FileBackedReadable {
+  return typeof (body as Partial<FileBackedReadable>).fileParts === 'function';
+}
+
 export class StorageNotFoundError extends Error {
   readonly key: string;
   constructor(key: string) {

@@ -121,12 +121,16 @@ describe('docxy serve from the single executable', { ...BUILT, ...e2eGate(TOOLS)
     assert.equal(miss?.status, 200);
     assert.equal(miss.bytes, layer.size);
     assert.equal(miss.cache, 'miss');
+    // The executable carries the sendfile engine (an asset): the miss went out through it too.
+    assert.equal(proxy.logs.find((l) => l.msg === 'listening')?.sendfile, 'on');
+    assert.equal(miss.via, 'sendfile');
 
     since = proxy.logs.length;
     await pullVerified(e, proxy, big, 'big-hit');
     const hit = (await linesFor(proxy, since, big.repo, layer.digest)).find((l) => l.ref === layer.digest && l.method === 'GET');
     assert.equal(hit?.status, 200);
     assert.equal(hit.cache, 'hit', 'the second pull of the layer did not come from the cache');
+    assert.equal(hit.via, 'sendfile');
   });
 
   test('SIGTERM ends it with status 0; the cache it wrote verifies', { timeout: 60_000 }, async () => {

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,7 +14,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createContentStore } from '../../src/storage/content-store.ts';
 import { DigestMismatchError } from '../../src/storage/content-verifier.ts';
-import { StorageNotFoundError, type StorageDriver, type StorageEntry, type StorageWriter } from '../../src/storage/storage-driver.ts';
+import { isFileBacked, StorageNotFoundError, type FileRange, type StorageDriver, type StorageEntry, type StorageWriter } from '../../src/storage/storage-driver.ts';
 
 export const MiB = 1024 * 1024;
 
@@ -401,6 +402,65 @@ export function runWriterConformance(name: string, makeDriver: () => Promise<Dri
       await finished(follower);
       assert.ok(Buffer.concat(received).equals(data));
       await writer.commit();
+    });
+
+    test('a follower sent from the file (fileParts): parts as they are stored, the last byte once verified, then null', async () => {
+      const data = pattern(300 * 1024 + 17);
+      const writer = await driver.createWriter('follow/file', { digest: sha256(data), size: data.length });
+      const follower = writer.openReader();
+      const parts = isFileBacked(follower) ? follower.fileParts() : undefined;
+      if (!parts) {
+        // A driver without a local file of the stored bytes (an object store's): streamed instead.
+        assert.notEqual(name, 'filesystem', 'the filesystem driver sends from its temp file');
+        follower.destroy();
+        await writer.abort();
+        return;
+      }
+      assert.equal(isFileBacked(follower) && follower.fileParts(), undefined, 'once only');
+      const got: FileRange[] = [];
+      const take = async (within: number) => {
+        const next = parts.next();
+        const part = await Promise.race([next, sleep(within).then(() => 'pending' as const)]);
+        return { part, next };
+      };
+      await new Promise<void>((done, fail) => writer.stream.write(data, (error) => (error ? fail(error) : done())));
+      let sent = 0;
+      while (sent < data.length - 1) {
+        const { part } = await take(2000);
+        assert.ok(part !== 'pending' && part !== null, `a part within 2 s (${sent} bytes so far)`);
+        assert.equal(part.offset, sent, 'parts in order, without gaps');
+        got.push(part);
+        sent += part.length;
+      }
+      assert.equal(sent, data.length - 1, 'everything but the last byte');
+      const { part: held, next } = await take(50);
+      assert.equal(held, 'pending', 'the last byte waits for the verification');
+      await writer.seal();
+      const last = await next;
+      assert.deepEqual(last, { offset: data.length - 1, length: 1 });
+      got.push(last!);
+      assert.equal(await parts.next(), null, 'then the end');
+      // The parts name the stored bytes in the file the descriptor opens.
+      const copy = Buffer.alloc(data.length);
+      for (const { offset, length } of got) assert.equal(readSync(parts.fd, copy, offset, length, offset), length);
+      assert.ok(copy.equals(data));
+      follower.destroy();
+      await writer.commit();
+    });
+
+    test('a follower sent from the file fails its next part when the write fails', async () => {
+      const data = pattern(MiB);
+      const writer = await driver.createWriter('follow/file-fail', { digest: sha256(data), size: data.length });
+      const follower = writer.openReader();
+      follower.on('error', () => undefined);
+      const parts = isFileBacked(follower) ? follower.fileParts() : undefined;
+      if (!parts) {
+        await writer.abort();
+        return;
+      }
+      const failed = assert.rejects(parts.next(), /client went away/);
+      await writer.abort(new Error('client went away'));
+      await failed;
     });
 
     test('followers of a write without an expectation end when it is sealed', async () => {

@@ -65,6 +65,10 @@ describe('pull-through cache', () => {
     upstreams: { 'docker.io': { url: upstream.url } },
     egress: LOOPBACK_EGRESS,
     cache: { tagTtlSeconds: 1, negativeTtlSeconds: 60, resumeAttempts: 5 },
+    // docxy streams the bytes itself here (its path for TLS clients and without the sendfile
+    // engine): what these tests watch (batched writes, read buffers) is that path's;
+    // sendfile.test.ts has the engine's.
+    server: { sendfile: false },
   });
   /** docxy's cache counters, once the cache's background work (fill bookkeeping) is done. */
   const counters = async (): Promise<CacheCounters> => {
