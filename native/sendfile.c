@@ -309,15 +309,21 @@ static job *find(uint32_t id) {
   return NULL;
 }
 
-static napi_value cancel(napi_env env, napi_callback_info info) {
+/* The one argument of cancel(id) and sent(id); false (a TypeError thrown) when it is not an id. */
+static int id_argument(napi_env env, napi_callback_info info, const char *usage, uint32_t *id) {
   size_t argc = 1;
   napi_value argv[1];
-  uint32_t id = 0;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) {
-    napi_throw_type_error(env, NULL, "cancel(id)");
-    return NULL;
+  if (argc < 1 || napi_get_value_uint32(env, argv[0], id) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
   }
+  return 1;
+}
+
+static napi_value cancel(napi_env env, napi_callback_info info) {
+  uint32_t id;
+  if (!id_argument(env, info, "cancel(id)", &id)) return NULL;
   pthread_mutex_lock(&lock);
   job *j = find(id);
   if (j) j->cancelled = 1;
@@ -327,14 +333,8 @@ static napi_value cancel(napi_env env, napi_callback_info info) {
 }
 
 static napi_value sent(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  uint32_t id = 0;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) {
-    napi_throw_type_error(env, NULL, "sent(id)");
-    return NULL;
-  }
+  uint32_t id;
+  if (!id_argument(env, info, "sent(id)", &id)) return NULL;
   pthread_mutex_lock(&lock);
   job *j = find(id);
   double bytes = j ? (double)j->sent : 0;

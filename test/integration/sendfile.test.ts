@@ -5,28 +5,18 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDocxy, type Docxy, type LogLine } from '../e2e/harness/docxy.ts';
 import { sha256, startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { http } from '../helpers/http-client.ts';
 import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const MiB = 1024 * 1024;
 
-function get(url: string, headers: Record<string, string> = {}) {
-  return new Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
-    const req = httpRequest(url, { headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const get = (url: string, headers: Record<string, string> = {}) => http(url, { headers });
 
 const requestLines = (docxy: Docxy, path: string): LogLine[] => docxy.logs.filter((l) => l.msg === 'request' && typeof l.path === 'string' && l.path.includes(path));
 /** Asks for the first byte of `url` until docxy's log says it came from the cache (the fill committed). */

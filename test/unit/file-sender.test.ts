@@ -99,13 +99,14 @@ describe('file-sender: file parts by the sendfile engine', () => {
     }
   });
 
-  test('a file shorter than its parts: the transfer breaks (ENODATA), never a short answer that looks complete', async () => {
+  /** A server answering with `parts(fd)` of the file; what sendFile rejected with, once a client got its answer. */
+  async function serveFailing(announced: number, parts: (fd: number) => FileParts) {
     let failure: unknown;
     const server = await serve(async (res) => {
-      res.writeHead(200, { 'content-length': data.length + 100 });
+      res.writeHead(200, { 'content-length': announced });
       const fd = openSync(file, 'r');
       try {
-        await sendFile(res, partsOf(fd, [{ offset: 0, length: data.length + 100 }]), () => undefined);
+        await sendFile(res, parts(fd), () => undefined);
         res.end();
       } catch (error) {
         failure = error;
@@ -114,10 +115,16 @@ describe('file-sender: file parts by the sendfile engine', () => {
         closeSync(fd);
       }
     });
+    return { ...server, failure: () => failure };
+  }
+
+  test('a file shorter than its parts: the transfer breaks (ENODATA), never a short answer that looks complete', async () => {
+    const server = await serveFailing(data.length + 100, (fd) => partsOf(fd, [{ offset: 0, length: data.length + 100 }]));
     try {
       const result = await get(server.url);
       assert.equal(result.complete, false);
       assert.ok(result.body.equals(data.subarray(0, result.body.length)));
+      const failure = server.failure();
       assert.ok(failure instanceof SendfileError && failure.errno === 61, String(failure));
     } finally {
       await server.close();
@@ -125,32 +132,20 @@ describe('file-sender: file parts by the sendfile engine', () => {
   });
 
   test('parts that fail: the transfer breaks with their error', async () => {
-    let failure: unknown;
-    const server = await serve(async (res) => {
-      res.writeHead(200, { 'content-length': data.length });
-      const fd = openSync(file, 'r');
+    const server = await serveFailing(data.length, (fd) => {
       let calls = 0;
-      const parts: FileParts = {
+      return {
         fd,
         next: async () => {
           if (calls++ === 0) return { offset: 0, length: MiB };
           throw new Error('the fill failed');
         },
       };
-      try {
-        await sendFile(res, parts, () => undefined);
-        res.end();
-      } catch (error) {
-        failure = error;
-        throw error;
-      } finally {
-        closeSync(fd);
-      }
     });
     try {
       const result = await get(server.url);
       assert.equal(result.complete, false);
-      assert.equal((failure as Error).message, 'the fill failed');
+      assert.equal((server.failure() as Error).message, 'the fill failed');
     } finally {
       await server.close();
     }
