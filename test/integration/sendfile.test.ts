@@ -19,6 +19,20 @@ const MiB = 1024 * 1024;
 const get = (url: string, headers: Record<string, string> = {}) => http(url, { headers });
 
 const requestLines = (docxy: Docxy, path: string): LogLine[] => docxy.logs.filter((l) => l.msg === 'request' && typeof l.path === 'string' && l.path.includes(path));
+/**
+ * The request lines for `path` after the first `since`, once there are `count` of them: docxy logs
+ * a request when its answer ended, which can be after the client read the last byte (the engine
+ * reports a sent part from its own thread), so a test waits for the line (bounded), never sleeps.
+ */
+async function loggedRequests(docxy: Docxy, path: string, since: number, count: number): Promise<LogLine[]> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const lines = requestLines(docxy, path).slice(since);
+    if (lines.length >= count) return lines;
+    assert.ok(Date.now() < deadline, `docxy logged ${lines.length} of ${count} requests for ${path} within 5 s`);
+    await sleep(20);
+  }
+}
 /** Asks for the first byte of `url` until docxy's log says it came from the cache (the fill committed). */
 async function untilHit(docxy: Docxy, url: string): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -66,13 +80,13 @@ describe('stored blobs by sendfile', { timeout: 60_000 }, () => {
     assert.equal(hit.headers['content-length'], String(big.length));
     assert.equal(hit.headers['docker-content-digest'], digest);
     assert.equal(`sha256:${createHash('sha256').update(hit.body).digest('hex')}`, digest);
-    await sleep(50);
-    const line = requestLines(docxy, path()).slice(before).at(-1);
+    const line = (await loggedRequests(docxy, path(), before, 1)).at(-1);
     assert.equal(line?.via, 'sendfile', JSON.stringify(line));
     assert.equal(line?.bytes, big.length);
   });
 
   test('ranges: 206 with the bytes of the range, from the middle, to the end, a suffix', async () => {
+    const before = requestLines(docxy, path()).length;
     for (const [range, start, end] of [
       ['bytes=1000-1999', 1000, 1999],
       [`bytes=${big.length - 10}-`, big.length - 10, big.length - 1],
@@ -84,8 +98,7 @@ describe('stored blobs by sendfile', { timeout: 60_000 }, () => {
       assert.equal(part.headers['content-range'], `bytes ${start}-${end}/${big.length}`);
       assert.ok(part.body.equals(big.subarray(start, end + 1)), range);
     }
-    await sleep(50);
-    assert.ok(requestLines(docxy, path()).slice(-4).every((l) => l.via === 'sendfile'));
+    assert.ok((await loggedRequests(docxy, path(), before, 4)).every((l) => l.via === 'sendfile'));
   });
 
   test('keep-alive and pipelining: several answers on one connection, each framed right', async () => {
@@ -171,9 +184,9 @@ describe('server.sendfile: false', { timeout: 30_000 }, () => {
       const url = `${docxy.url}/v2/library/nosf/blobs/${digest}`;
       assert.ok((await get(url)).body.equals(blob));
       await untilHit(docxy, url);
+      const before = requestLines(docxy, digest).length;
       assert.ok((await get(url)).body.equals(blob));
-      await sleep(50);
-      const line = requestLines(docxy, digest).at(-1);
+      const line = (await loggedRequests(docxy, digest, before, 1)).at(-1);
       assert.equal(line?.via, undefined);
       assert.equal(line?.cache, 'hit');
     } finally {
@@ -247,8 +260,7 @@ describe('fills by sendfile: the client of a miss and those joining it', { timeo
       assert.ok(result.complete && result.body.equals(blob), `client ${i} got the blob`);
       assert.ok(result.firstByteAt < cdnDoneAt, `client ${i}'s first byte came ${(cdnDoneAt - result.firstByteAt).toFixed(0)} ms before the fetch ended`);
     }
-    await sleep(50);
-    const lines = requestLines(docxy, digest);
+    const lines = await loggedRequests(docxy, digest, 0, 9);
     assert.equal(lines.length, 9);
     for (const line of lines) {
       assert.equal(line.via, 'sendfile', JSON.stringify(line));

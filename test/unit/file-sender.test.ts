@@ -51,17 +51,22 @@ describe('file-sender: file parts by the sendfile engine', () => {
     tls.remove();
   });
 
-  /** A server whose every answer is `answer(res)`'s; resolves with its URL and a close. */
+  /**
+   * A server whose every answer is `answer(res)`'s; resolves with its URL, a close, and `answered()`:
+   * once every answer so far has ended on the server's side (a client in this process can read the
+   * last byte before the engine's report of it, from its own thread, reaches the main thread).
+   */
   async function serve(answer: (res: ServerResponse) => Promise<void>, https = false) {
+    const answers: Promise<void>[] = [];
     const handler = (_req: IncomingMessage, res: ServerResponse) => {
-      answer(res).catch(() => res.destroy());
+      answers.push(answer(res).catch(() => void res.destroy()));
     };
     const server = https
       ? createHttpsServer({ key: readFileSync(tls.pairs.pkcs8.keyPath), cert: tls.pairs.pkcs8.cert }, handler)
       : createServer(handler);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
-    return { url: `${https ? 'https' : 'http'}://127.0.0.1:${port}/`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+    return { url: `${https ? 'https' : 'http'}://127.0.0.1:${port}/`, answered: () => Promise.all(answers), close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
   }
 
   test('the engine is built and loads', () => {
@@ -93,6 +98,7 @@ describe('file-sender: file parts by the sendfile engine', () => {
         assert.equal(result.status, 200);
         assert.ok(result.complete && result.body.equals(data));
       }
+      await server.answered();
       assert.equal(reported.reduce((a, b) => a + b, 0), 2 * data.length, 'every byte sent was reported');
     } finally {
       await server.close();
@@ -153,8 +159,6 @@ describe('file-sender: file parts by the sendfile engine', () => {
 
   test('a client that leaves while the next part is awaited: sendFile rejects at once', async () => {
     let failure: unknown;
-    let settled!: () => void;
-    const done = new Promise<void>((resolve) => (settled = resolve));
     const server = await serve(async (res) => {
       res.writeHead(200, { 'content-length': data.length });
       const fd = openSync(file, 'r');
@@ -165,7 +169,6 @@ describe('file-sender: file parts by the sendfile engine', () => {
         failure = error;
       } finally {
         closeSync(fd);
-        settled();
       }
     });
     try {
@@ -178,7 +181,7 @@ describe('file-sender: file parts by the sendfile engine', () => {
         req.on('error', () => undefined);
         req.end();
       });
-      await done;
+      await server.answered();
       assert.ok(failure instanceof SendfileError, String(failure));
     } finally {
       await server.close();
