@@ -16,6 +16,8 @@ interface Step {
 export class Cleanup {
   private readonly steps: Step[] = [];
   private running?: Promise<void>;
+  /** A signal (or the watchdog) is stopping everything: failures from here on are its doing. */
+  aborting = false;
 
   /** Stops the child (SIGTERM, then SIGKILL after graceMs) when cleaning up. */
   child(name: string, child: ChildProcess, graceMs = 5_000): void {
@@ -55,6 +57,26 @@ export class Cleanup {
       }
     })();
     return this.running;
+  }
+
+  /**
+   * Ctrl-C and SIGTERM undo everything, then exit (130, 143); a second signal does what is left at
+   * once (SIGKILL, rmSync), as does the process's exit. Returns that abort, for a watchdog.
+   */
+  onSignals(say: (message: string) => void): (reason: string, code: number) => void {
+    const abort = (reason: string, code: number) => {
+      if (this.aborting) {
+        this.runSync();
+        process.exit(code);
+      }
+      this.aborting = true;
+      say(`${reason}; cleaning up`);
+      void this.run().finally(() => process.exit(code));
+    };
+    process.on('SIGINT', () => abort('interrupted', 130));
+    process.on('SIGTERM', () => abort('terminated', 143));
+    process.on('exit', () => this.runSync());
+    return abort;
   }
 
   /** For `process.on('exit')`: whatever is left, done synchronously (SIGKILL, rmSync). */

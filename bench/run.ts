@@ -33,6 +33,7 @@ import { runBlobBenchmark, sha256OfDownload, type BlobTarget } from './blob-thro
 import { versionOf } from './child-process.ts';
 import { Cleanup } from './cleanup.ts';
 import { CpuMeter, waitForQuietMachine } from './cpu-meter.ts';
+import { positiveEnv } from './env.ts';
 import { cachedBlobPath, cacheOutcomes, docxyBuild, outcomeSince, projectNode, REPO_ROOT, startNodeFlags, startDocxy, type Docxy } from './docxy-process.ts';
 import { coldPull } from './fanout.ts';
 import { measureHeadLatency, type HeadLatency } from './head-latency.ts';
@@ -525,28 +526,8 @@ async function machineInfo(): Promise<MachineInfo> {
   return info;
 }
 
-function positiveEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return value;
-}
-
 async function main(): Promise<void> {
-  let exiting = false;
-  const abort = (reason: string, code: number) => {
-    if (exiting) {
-      cleanup.runSync();
-      process.exit(code);
-    }
-    exiting = true;
-    progress(`${reason}; cleaning up`);
-    void cleanup.run().finally(() => process.exit(code));
-  };
-  process.on('SIGINT', () => abort('interrupted', 130));
-  process.on('SIGTERM', () => abort('terminated', 143));
-  process.on('exit', () => cleanup.runSync());
+  const abort = cleanup.onSignals(progress);
   const watchdog = setTimeout(() => abort(`no result after ${OVERALL_TIMEOUT_MS / 1000} s`, 1), OVERALL_TIMEOUT_MS);
   watchdog.unref();
 
@@ -559,7 +540,7 @@ async function main(): Promise<void> {
     process.stdout.write(`Results: ${file}\n`);
   } catch (error) {
     // After a signal the services are being stopped under the benchmark's feet; that is no failure.
-    if (exiting) return;
+    if (cleanup.aborting) return;
     process.stderr.write(`bench: failed: ${(error as Error).stack ?? String(error)}\n`);
     process.exitCode = 1;
   } finally {

@@ -15,6 +15,7 @@ import { startRedis, type RunningRedis } from '../test/helpers/redis-server.ts';
 import { writeRandomBlob } from './blob-file.ts';
 import { median, runBlobBenchmark, type BlobRun, type BlobTarget } from './blob-throughput.ts';
 import { Cleanup } from './cleanup.ts';
+import { positiveEnv } from './env.ts';
 import { cacheOutcomes, cacheReport, docxyBuild, outcomeSince, REPO_ROOT, startDocxy, type CacheReport, type Docxy } from './docxy-process.ts';
 import { parallelCurl, type ClientResult } from './fanout.ts';
 import { http } from './net.ts';
@@ -22,7 +23,7 @@ import { pushImage, startUpstream } from './upstream.ts';
 import { countBlobRequests, logOffset, readAccessLog, type UpstreamBlobCount } from './upstream-log.ts';
 
 const MiB = 2 ** 20;
-const BLOB_MIB = positiveInt(process.env.DOCXY_BENCH_BLOB_MIB, 1024);
+const BLOB_MIB = positiveEnv('DOCXY_BENCH_BLOB_MIB', 1024);
 const FANOUT_MIB = Math.min(64, BLOB_MIB);
 const RUNS = 2;
 const CLIENTS = 50;
@@ -33,13 +34,6 @@ const SETTLE_TIMEOUT_MS = 30_000;
 const cleanup = new Cleanup();
 let rgw: CephRgw | undefined;
 let redis: RunningRedis | undefined;
-
-function positiveInt(value: string | undefined, fallback: number): number {
-  if (value === undefined || value === '') return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`DOCXY_BENCH_BLOB_MIB must be a positive integer, got ${JSON.stringify(value)}`);
-  return n;
-}
 
 function progress(message: string): void {
   process.stderr.write(`bench:scale: ${message}\n`);
