@@ -16,8 +16,7 @@ interface Step {
 export class Cleanup {
   private readonly steps: Step[] = [];
   private running?: Promise<void>;
-  /** A signal (or the watchdog) is stopping everything: failures from here on are its doing. */
-  aborting = false;
+  #aborting = false;
 
   /** Stops the child (SIGTERM, then SIGKILL after graceMs) when cleaning up. */
   child(name: string, child: ChildProcess, graceMs = 5_000): void {
@@ -65,11 +64,11 @@ export class Cleanup {
    */
   onSignals(say: (message: string) => void): (reason: string, code: number) => void {
     const abort = (reason: string, code: number) => {
-      if (this.aborting) {
+      if (this.#aborting) {
         this.runSync();
         process.exit(code);
       }
-      this.aborting = true;
+      this.#aborting = true;
       say(`${reason}; cleaning up`);
       void this.run().finally(() => process.exit(code));
     };
@@ -77,6 +76,11 @@ export class Cleanup {
     process.on('SIGTERM', () => abort('terminated', 143));
     process.on('exit', () => this.runSync());
     return abort;
+  }
+
+  /** A signal (or the watchdog) is stopping everything: failures from here on are its doing. */
+  get aborting(): boolean {
+    return this.#aborting;
   }
 
   /** For `process.on('exit')`: whatever is left, done synchronously (SIGKILL, rmSync). */

@@ -92,6 +92,12 @@ export async function flushDirtyPages(): Promise<void> {
 }
 
 /**
+/** Other work on the machine above this many cores makes the numbers unreliable. */
+export const QUIET_THRESHOLD_CORES = 0.25;
+/** How long a bench waits for a quiet machine before it measures anyway (and says so). */
+export const QUIET_MAX_WAIT_MS = 15_000;
+
+/**
  * Waits for the disk to have taken what was written, then (up to `maxWaitMs`) for a second in
  * which the rest of the machine uses less than `threshold` cores, and returns the last
  * measurement: benchmarks on a shared 2-core machine are only meaningful when nothing else runs.

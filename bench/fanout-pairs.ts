@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeRandomBlob } from './blob-file.ts';
 import { Cleanup } from './cleanup.ts';
-import { waitForQuietMachine } from './cpu-meter.ts';
+import { QUIET_MAX_WAIT_MS, QUIET_THRESHOLD_CORES, waitForQuietMachine } from './cpu-meter.ts';
 import { positiveEnv } from './env.ts';
 import type { ColdPullResult } from './fanout.ts';
 import { fanoutThrough, type FanoutContext, type ProxyName } from './peers.ts';
@@ -37,7 +37,7 @@ function peersFromEnv(): ProxyName[] {
   const raw = process.env.DOCXY_BENCH_PEERS ?? 'docxy,nginx-proxy-cache';
   const peers = raw.split(',').map((peer) => peer.trim());
   const unknown = peers.filter((peer) => !(PEERS as readonly string[]).includes(peer));
-  if (unknown.length > 0 || peers.length === 0) throw new Error(`DOCXY_BENCH_PEERS: unknown peer(s) ${unknown.join(', ')}; one or more of ${PEERS.join(', ')}`);
+  if (unknown.length > 0) throw new Error(`DOCXY_BENCH_PEERS: unknown peer(s) ${unknown.join(', ')}; one or more of ${PEERS.join(', ')}`);
   return peers as ProxyName[];
 }
 
@@ -72,7 +72,10 @@ async function main(): Promise<void> {
       clients: CLIENTS,
       cleanup,
       timeoutMs: TIMEOUT_MS,
-      quiet: (_phase, extraPids) => waitForQuietMachine({ registry: upstream.service.pid, throttle: throttle.service.pid, ...extraPids }, 0.25, 15_000),
+      quiet: async (phase, extraPids) => {
+        const state = await waitForQuietMachine({ registry: upstream.service.pid, throttle: throttle.service.pid, ...extraPids }, QUIET_THRESHOLD_CORES, QUIET_MAX_WAIT_MS);
+        if (!state.quiet) progress(`other processes used ${(state.otherCores * 100).toFixed(0)}% CPU before ${phase}: its figure is noisy`);
+      },
       progress: () => undefined,
     };
     const walls = new Map<ProxyName, number[]>(peers.map((peer) => [peer, []]));

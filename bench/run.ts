@@ -32,7 +32,7 @@ import { writeRandomBlob } from './blob-file.ts';
 import { runBlobBenchmark, sha256OfDownload, type BlobTarget } from './blob-throughput.ts';
 import { versionOf } from './child-process.ts';
 import { Cleanup } from './cleanup.ts';
-import { CpuMeter, waitForQuietMachine } from './cpu-meter.ts';
+import { CpuMeter, QUIET_MAX_WAIT_MS, QUIET_THRESHOLD_CORES, waitForQuietMachine } from './cpu-meter.ts';
 import { positiveEnv } from './env.ts';
 import { cachedBlobPath, cacheOutcomes, docxyBuild, outcomeSince, projectNode, REPO_ROOT, startNodeFlags, startDocxy, type Docxy } from './docxy-process.ts';
 import { coldPull } from './fanout.ts';
@@ -78,9 +78,6 @@ const REALISTIC_RUNS = 1;
 const UPLINK = { rateMiBps: positiveEnv('DOCXY_BENCH_UPLINK_MIBPS', 200), connectDelayMs: positiveEnv('DOCXY_BENCH_UPLINK_DELAY_MS', 20) };
 const HEAD_SAMPLES = 500;
 const BLOB_RUN_TIMEOUT_MS = 120_000;
-/** Other work on the machine above this many cores makes the numbers unreliable. */
-const QUIET_THRESHOLD_CORES = 0.25;
-const QUIET_MAX_WAIT_MS = 15_000;
 const OVERALL_TIMEOUT_MS = 10 * 60_000;
 const REPOSITORY = 'bench/big';
 const TAG = '1';
