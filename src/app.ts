@@ -2,6 +2,7 @@ import type { Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { once } from 'node:events';
+import { join } from 'node:path';
 import { displayUrl } from './config/credentials.ts';
 import type { Config, ListenAddress } from './config/types.ts';
 import { ConnectionLimiter } from './http/connection-limiter.ts';
@@ -17,7 +18,7 @@ import { CacheSeries } from './observability/cache-series.ts';
 import { PullHistory } from './observability/pull-history.ts';
 import { Evictor } from './core/evictor.ts';
 import { createContentStore } from './storage/content-store.ts';
-import { createFsDriver } from './storage/fs-driver.ts';
+import { createFsDriver, TMP_DIR } from './storage/fs-driver.ts';
 import { LazyS3Driver } from './storage/lazy-s3-driver.ts';
 import type { StorageDriver } from './storage/storage-driver.ts';
 import { createRouteResolver } from './core/route-resolver.ts';
@@ -133,7 +134,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
   };
   const handler = createRequestHandler(ctx);
-  useSendfile(config.server.sendfile);
+  // The single executable writes its engine where it can load it: the temp dir, else storage's own.
+  useSendfile(config.server.sendfile, { fallbackDir: config.storage.driver === 's3' ? config.storage.s3.spoolDir : join(config.dataDir, TMP_DIR) });
   // Slow clients are cut off: the request (headers and body) must arrive within its timeouts;
   // the answer may take as long as a blob download takes. Node checks them every second here.
   const serverOptions = {

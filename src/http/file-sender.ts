@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -37,10 +38,17 @@ function enginePath(): string | undefined {
 let engine: Engine | null | undefined;
 /** `server.sendfile`. */
 let enabled = true;
+/** Where the single executable writes its engine when the temp dir will not do (see loadFromExecutable). */
+let fallbackDir: string | undefined;
 
-/** Turns the engine's use on or off (`server.sendfile`); says whether it is on now. */
-export function useSendfile(on: boolean): boolean {
+/**
+ * Turns the engine's use on or off (`server.sendfile`); says whether it is on now. `fallbackDir`:
+ * a directory of docxy's own (its storage's temp dir) where the single executable may write the
+ * engine to load it when the system's temp dir refuses (mounted noexec, as hardening guides ask).
+ */
+export function useSendfile(on: boolean, options: { fallbackDir?: string } = {}): boolean {
   enabled = on;
+  fallbackDir = options.fallbackDir;
   return on && sendfileEngine() !== null;
 }
 
@@ -83,9 +91,11 @@ function loadFromProject(): Engine | null {
 }
 
 /**
- * The single executable carries the engine as an asset (build-binary.ts): it is written into a
- * directory of its own (mode 0700, a random name: nobody else can have put a file there), loaded,
- * and removed again (a loaded library needs no file).
+ * The single executable carries the engine as an asset (build-binary.ts): it is written to a file
+ * nobody else can have put there, loaded, and removed again (a loaded library needs no file).
+ * First into a new directory of its own (mode 0700) under the system's temp dir; where that is
+ * mounted noexec (the library cannot be mapped), into `fallbackDir`, under a random name created
+ * exclusively (a leftover of a crash there is the storage's to clean at the next start).
  */
 function loadFromExecutable(): Engine | null {
   let bytes: ArrayBuffer;
@@ -95,14 +105,38 @@ function loadFromExecutable(): Engine | null {
     engineError = 'not built into this executable';
     return null;
   }
-  const dir = mkdtempSync(join(tmpdir(), 'docxy-sendfile-'));
-  try {
-    const path = join(dir, SEA_ASSET);
-    writeFileSync(path, new Uint8Array(bytes), { mode: 0o500 });
-    return load(path);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const content = new Uint8Array(bytes);
+  /** Each place prepares where the copy goes: the file to write, and what to remove afterwards. */
+  const places: (() => { path: string; remove: string })[] = [
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), 'docxy-sendfile-'));
+      return { path: join(dir, SEA_ASSET), remove: dir };
+    },
+  ];
+  const own = fallbackDir;
+  if (own !== undefined) {
+    places.push(() => {
+      mkdirSync(own, { recursive: true, mode: 0o700 });
+      const path = join(own, `${randomUUID()}.${SEA_ASSET}`);
+      return { path, remove: path };
+    });
   }
+  const refusals: string[] = [];
+  for (const place of places) {
+    let remove: string | undefined;
+    try {
+      const prepared = place();
+      remove = prepared.remove;
+      writeFileSync(prepared.path, content, { mode: 0o500, flag: 'wx' });
+      return load(prepared.path);
+    } catch (error) {
+      refusals.push((error as Error).message);
+    } finally {
+      if (remove !== undefined) rmSync(remove, { recursive: true, force: true });
+    }
+  }
+  engineError = refusals.join('; then ');
+  return null;
 }
 
 export let engineError: string | undefined;

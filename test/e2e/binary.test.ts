@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { e2eGate } from './harness/tools.ts';
@@ -154,17 +154,60 @@ describe('docxy serve from the single executable', { ...BUILT, ...e2eGate(TOOLS)
   });
 });
 
+describe('the single executable where the temp dir is mounted noexec', { ...BUILT, ...e2eGate(['unshare', 'mount']), timeout: 60_000 }, () => {
+  // The engine is an asset of the executable, written to a file to be loaded: a noexec /tmp (as
+  // CIS and other hardening guides mount it) refuses to map it. The temp dir under storage's own
+  // directory serves then, and nothing is left in either.
+  test('sendfile is on, the engine loaded from the data directory, and no copy of it is left', async () => {
+    const docxy = await startBinary({}, { noexec: ['tmp'] });
+    try {
+      assert.equal(docxy.logs.find((l) => l.msg === 'listening')?.sendfile, 'on');
+      assert.deepEqual(await readdir(join(docxy.dataDir, '_tmp')), []);
+    } finally {
+      await docxy.stop();
+    }
+  });
+
+  test('with the data directory noexec as well, sendfile is off and the log says why for each place; it still serves', async () => {
+    const docxy = await startBinary({}, { noexec: ['tmp', 'data'] });
+    try {
+      const state = String(docxy.logs.find((l) => l.msg === 'listening')?.sendfile);
+      assert.match(state, /^off \(.*\/tmp\/docxy-sendfile-[^/]+\/sendfile\.node: failed to map segment.*; then .*\/data\/_tmp\/[0-9a-f-]+\.sendfile\.node: failed to map segment/);
+      assert.equal((await fetch(`${docxy.url}/health`)).status, 200);
+    } finally {
+      await docxy.stop();
+    }
+  });
+});
+
 /**
  * `BINARY serve --config FILE` with `config` (listening on a free loopback port, data in a temp
  * dir), ready once /health answers; its JSON log lines are collected as the harness's startDocxy does.
+ * `noexec`: run it in a mount namespace of its own where its TMPDIR (`tmp`) and/or its data dir
+ * (`data`) are tmpfs mounted noexec, as hardening guides mount /tmp.
  */
-async function startBinary(config: Record<string, unknown>): Promise<Docxy> {
+async function startBinary(config: Record<string, unknown>, options: { noexec?: readonly ('tmp' | 'data')[] } = {}): Promise<Docxy> {
   const dir = await makeTempDir('binary');
   const host = `127.0.0.1:${await freePort()}`;
   const dataDir = join(dir, 'data');
   const configPath = join(dir, 'docxy.yaml');
   await writeFile(configPath, stringify({ listen: host, logLevel: 'info', dataDir, ...config }));
-  const child = spawnTracked(BINARY, ['serve', '--config', configPath], { cwd: dir, env: { ...process.env, NO_COLOR: '1' } });
+  const env = { ...process.env, NO_COLOR: '1' };
+  let child;
+  if (options.noexec?.length) {
+    const tmp = join(dir, 'tmp');
+    const mounts = options.noexec.map((which) => {
+      const path = which === 'tmp' ? tmp : dataDir;
+      return `mkdir -p '${path}' && mount -t tmpfs -o noexec,mode=0700,size=64m docxy-noexec '${path}'`;
+    });
+    // unshare execs the shell, which execs docxy: the child's pid is docxy's; the mounts end with
+    // it. Not as root: in a user namespace of its own too (as ipv6.test.ts runs skopeo).
+    const userns = process.getuid?.() === 0 ? [] : ['--user', '--map-root-user'];
+    const script = `${mounts.join(' && ')} && TMPDIR='${tmp}' exec '${BINARY}' serve --config '${configPath}'`;
+    child = spawnTracked('unshare', [...userns, '--mount', '--propagation', 'private', 'sh', '-c', script], { cwd: dir, env });
+  } else {
+    child = spawnTracked(BINARY, ['serve', '--config', configPath], { cwd: dir, env });
+  }
   const logs: LogLine[] = [];
   let stderr = '';
   let pending = '';
