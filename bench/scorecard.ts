@@ -116,9 +116,9 @@ export function scorecard(input: ScoreInput): ScoreRow[] {
     verdict: wall <= t.fanoutWallVsNginx && dx.upstream.blobGets === t.fanoutOriginGets && allOk(dx) ? 'PASS' : 'FAIL',
   });
   // The single origin fetch ends no earlier than the connection delay plus (blob / the line's
-  // rate) after the first client was spawned: a first byte before that came before the fetch
-  // completed. Asked of the clients spawned in the first half of that window (the later ones
-  // cannot be expected to beat it).
+  // rate) after the clients were started: a first byte before that came before the fetch
+  // completed. Asked of the clients started in the first half of that window (all of them: they
+  // start together, see parallelCurl).
   const fetchS = p.realistic.throttle.connectDelayMs / 1000 + input.fanoutSizeBytes / (p.realistic.throttle.rateMiBps * 2 ** 20);
   const early = (f: ColdPullResult) => f.timeline.filter((c) => c.startedAtS < fetchS / 2);
   const beforeFetch = (f: ColdPullResult) => early(f).filter((c) => c.firstByteAtS < fetchS).length;
