@@ -15,9 +15,16 @@
 //     else the error (ECANCELED after cancel(), ENODATA when the file ended early).
 //   cancel(id)      stops a transfer (its callback still comes, with ECANCELED unless it ended)
 //   sent(id)        bytes sent so far (0 once it ended)
+//
+// And one call that has nothing to do with sendfile but needs C: trimHeap() runs glibc's
+// malloc_trim(0), which gives the free pages inside malloc's arenas back to the system (free()
+// only gives back the top of an arena): true when it released memory, undefined without glibc.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <node_api.h>
 #include <pthread.h>
 #include <signal.h>
@@ -344,11 +351,23 @@ static napi_value sent(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value trim_heap(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+#ifdef __GLIBC__
+  napi_get_boolean(env, malloc_trim(0) != 0, &result);
+#else
+  napi_get_undefined(env, &result);
+#endif
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
       {"cancel", NULL, cancel, NULL, NULL, NULL, napi_default, NULL},
       {"sent", NULL, sent, NULL, NULL, NULL, napi_default, NULL},
+      {"trimHeap", NULL, trim_heap, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

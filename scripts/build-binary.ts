@@ -90,7 +90,7 @@ async function buildInto(work: string, version: string): Promise<void> {
   const v8Flags = ['--max-semi-space-size=1', '--external-memory-accounted-in-global-limit', '--heap-growing-percent=100'];
   const seaConfig = join(work, 'sea-config.json');
   const blob = join(work, 'docxy.blob');
-  // The sendfile engine goes in as an asset (src/http/file-sender.ts loads it from there), when
+  // The native addon (the sendfile engine) goes in as an asset (src/native.ts loads it from there), when
   // it could be built here; without it the executable streams stored bytes itself.
   step(NODE_BINARY, [join(ROOT, 'scripts', 'build-native.ts')]);
   const engine = join(ROOT, 'native', 'sendfile.node');

@@ -39,6 +39,8 @@ import type { Coordinator } from './coordination/coordinator.ts';
 import { createCoordinator } from './coordination/create-coordinator.ts';
 import { NegativeCache } from './core/negative-cache.ts';
 import { sendfileState, useSendfile } from './http/file-sender.ts';
+import { setNativeFallbackDir } from './native.ts';
+import { processHeapTrimmer, type HeapTrimmer } from './heap-trim.ts';
 
 /**
  * node:http, got without an ESM import: importing it as an ES module makes Node build its
@@ -134,8 +136,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
   };
   const handler = createRequestHandler(ctx);
-  // The single executable writes its engine where it can load it: the temp dir, else storage's own.
-  useSendfile(config.server.sendfile, { fallbackDir: config.storage.driver === 's3' ? config.storage.s3.spoolDir : join(config.dataDir, TMP_DIR) });
+  // The single executable writes its native addon where it can load it: the temp dir, else storage's own.
+  setNativeFallbackDir(config.storage.driver === 's3' ? config.storage.s3.spoolDir : join(config.dataDir, TMP_DIR));
+  useSendfile(config.server.sendfile);
   // Slow clients are cut off: the request (headers and body) must arrive within its timeouts;
   // the answer may take as long as a blob download takes. Node checks them every second here.
   const serverOptions = {
@@ -177,6 +180,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   }
   let url = '';
   let statsTimer: NodeJS.Timeout | undefined;
+  let heapTrimmer: HeapTrimmer | undefined;
 
   return {
     logger,
@@ -194,6 +198,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         statsTimer.unref();
       }
       series?.start();
+      heapTrimmer = processHeapTrimmer((before, after) => logger.debug({ rssBeforeMiB: mib(before), rssAfterMiB: mib(after) }, 'gave freed memory back to the system'))?.start();
       url = await listenOn(server, config.listen, config.tls ? 'https' : 'http');
       logger.info({ url, upstreams: [...config.upstreams.keys()], publicUrl: config.publicUrl && displayUrl(config.publicUrl), sendfile: sendfileState() }, 'listening');
       if (redirectServer && config.httpRedirect) {
@@ -224,6 +229,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       certificates?.close();
       shutdown.abort();
       series?.stop();
+      heapTrimmer?.stop();
       const closed = servers.map((s) => (s.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : Promise.resolve()));
       closing = true;
       for (const s of servers) s.closeIdleConnections();
@@ -356,4 +362,8 @@ function redirectHandler(config: Config) {
     res.writeHead(301, { location: `${base.origin}${prefix}${path}`, 'content-length': 0 });
     res.end();
   };
+}
+
+function mib(bytes: number): number {
+  return Math.round((bytes / 2 ** 20) * 10) / 10;
 }

@@ -1,54 +1,17 @@
-import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { getRawAsset, isSea } from 'node:sea';
-import { fileURLToPath } from 'node:url';
+import { nativeAddon, nativeError, type NativeAddon } from '../native.ts';
 import type { FileParts } from '../storage/storage-driver.ts';
 
-/**
- * docxy's sendfile engine (native/sendfile.c, built by `npm run build:native`): a thread of its
- * own sends a file's bytes to a client's socket with sendfile(2), so they never pass through
- * JavaScript. Without it (no C compiler where docxy was built, the single executable, another
- * OS) docxy streams the bytes itself, as before.
- */
-interface Engine {
-  start(socketFd: number, fileFd: number, offset: number, length: number, done: (errno: number, sent: number) => void): number;
-  cancel(id: number): void;
-  sent(id: number): number;
-}
+/** The sendfile engine: docxy's native addon (src/native.ts), when it could be loaded. */
+type Engine = Pick<NativeAddon, 'start' | 'cancel' | 'sent'>;
 
-/** The engine's name among the single executable's assets (scripts/build-binary.ts). */
-export const SEA_ASSET = 'sendfile.node';
-
-/**
- * Where `npm run build:native` puts the engine: native/ at the project's root (from src/http or
- * dist/http); undefined in the single executable (a bundle, without a file of its own).
- */
-function enginePath(): string | undefined {
-  try {
-    return fileURLToPath(new URL('../../native/sendfile.node', import.meta.url));
-  } catch {
-    return undefined;
-  }
-}
-
-let engine: Engine | null | undefined;
 /** `server.sendfile`. */
 let enabled = true;
-/** Where the single executable writes its engine when the temp dir will not do (see loadFromExecutable). */
-let fallbackDir: string | undefined;
 
-/**
- * Turns the engine's use on or off (`server.sendfile`); says whether it is on now. `fallbackDir`:
- * a directory of docxy's own (its storage's temp dir) where the single executable may write the
- * engine to load it when the system's temp dir refuses (mounted noexec, as hardening guides ask).
- */
-export function useSendfile(on: boolean, options: { fallbackDir?: string } = {}): boolean {
+/** Turns the engine's use on or off (`server.sendfile`); says whether it is on now. */
+export function useSendfile(on: boolean): boolean {
   enabled = on;
-  fallbackDir = options.fallbackDir;
   return on && sendfileEngine() !== null;
 }
 
@@ -56,90 +19,13 @@ export function useSendfile(on: boolean, options: { fallbackDir?: string } = {})
 export function sendfileState(): string {
   if (!enabled) return 'off (server.sendfile: false)';
   if (sendfileEngine()) return 'on';
-  return `off (${engineError})`;
+  return `off (${nativeError})`;
 }
 
-/** The engine, loaded on first use; null when it cannot be (and why, once, in `engineError`). */
+/** The engine, loaded on first use; null when it cannot be. */
 export function sendfileEngine(): Engine | null {
-  if (engine !== undefined) return engine;
-  engine = null;
-  if (process.platform !== 'linux') {
-    engineError = 'not Linux';
-    return engine;
-  }
-  try {
-    engine = isSea() ? loadFromExecutable() : loadFromProject();
-  } catch (error) {
-    engineError = (error as Error).message;
-  }
-  return engine;
+  return nativeAddon();
 }
-
-function load(path: string): Engine {
-  const module = { exports: {} as Engine };
-  process.dlopen(module, path);
-  return module.exports;
-}
-
-function loadFromProject(): Engine | null {
-  const path = enginePath();
-  if (path === undefined || !existsSync(path)) {
-    engineError = `no engine at ${path}: npm run build:native builds it`;
-    return null;
-  }
-  return load(path);
-}
-
-/**
- * The single executable carries the engine as an asset (build-binary.ts): it is written to a file
- * nobody else can have put there, loaded, and removed again (a loaded library needs no file).
- * First into a new directory of its own (mode 0700) under the system's temp dir; where that is
- * mounted noexec (the library cannot be mapped), into `fallbackDir`, under a random name created
- * exclusively (a leftover of a crash there is the storage's to clean at the next start).
- */
-function loadFromExecutable(): Engine | null {
-  let bytes: ArrayBuffer;
-  try {
-    bytes = getRawAsset(SEA_ASSET);
-  } catch {
-    engineError = 'not built into this executable';
-    return null;
-  }
-  const content = new Uint8Array(bytes);
-  /** Each place prepares where the copy goes: the file to write, and what to remove afterwards. */
-  const places: (() => { path: string; remove: string })[] = [
-    () => {
-      const dir = mkdtempSync(join(tmpdir(), 'docxy-sendfile-'));
-      return { path: join(dir, SEA_ASSET), remove: dir };
-    },
-  ];
-  const own = fallbackDir;
-  if (own !== undefined) {
-    places.push(() => {
-      mkdirSync(own, { recursive: true, mode: 0o700 });
-      const path = join(own, `${randomUUID()}.${SEA_ASSET}`);
-      return { path, remove: path };
-    });
-  }
-  const refusals: string[] = [];
-  for (const place of places) {
-    let remove: string | undefined;
-    try {
-      const prepared = place();
-      remove = prepared.remove;
-      writeFileSync(prepared.path, content, { mode: 0o500, flag: 'wx' });
-      return load(prepared.path);
-    } catch (error) {
-      refusals.push((error as Error).message);
-    } finally {
-      if (remove !== undefined) rmSync(remove, { recursive: true, force: true });
-    }
-  }
-  engineError = refusals.join('; then ');
-  return null;
-}
-
-export let engineError: string | undefined;
 
 /** errno values the engine reports (Linux). */
 const ECANCELED = 125;

@@ -1,0 +1,69 @@
+import { nativeAddon } from './native.ts';
+
+/** How often the RSS is looked at. */
+export const HEAP_TRIM_INTERVAL_MS = 5_000;
+/** The RSS must have grown this much since the last look that trimmed (or since start) to trim again. */
+export const HEAP_TRIM_MIN_GROWTH_BYTES = 16 * 1024 * 1024;
+
+export interface HeapTrimmerOptions {
+  /** Gives the allocator's free pages back (glibc's malloc_trim); undefined when it cannot. */
+  trim(): boolean | undefined;
+  /** The process's resident set, in bytes. */
+  rss(): number;
+  intervalMs?: number;
+  minGrowthBytes?: number;
+  /** Told of each trim: the RSS before and after. */
+  onTrim?(before: number, after: number): void;
+}
+
+/**
+ * Gives memory that docxy freed back to the system once a burst of traffic has passed. Bytes
+ * streamed through JavaScript (a pass-through blob, a fill's upstream reads) come in buffers of
+ * 64 KiB that glibc's malloc takes from its arenas; freeing them returns only an arena's top to
+ * the system, so after a few large pulls docxy's RSS stayed ~50 MiB above its idle size (124-135
+ * MiB instead of 78 after four 256 MiB pass-through pulls) and the next burst started from there.
+ * Every `intervalMs` (an unref'd timer: it never keeps docxy alive) the RSS is read, and when it
+ * grew by `minGrowthBytes` since the last trim, malloc_trim(0) gives the arenas' free pages back
+ * (98-113 MiB after the same pulls). A trim takes milliseconds and holds nothing up for long; it
+ * runs only after growth, so an idle or steady docxy is not trimmed again and again.
+ */
+export class HeapTrimmer {
+  readonly #options: HeapTrimmerOptions;
+  #baseline: number;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: HeapTrimmerOptions) {
+    this.#options = options;
+    this.#baseline = options.rss();
+  }
+
+  start(): this {
+    this.#timer ??= setInterval(() => this.check(), this.#options.intervalMs ?? HEAP_TRIM_INTERVAL_MS).unref();
+    return this;
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** One look: trims when the RSS grew enough since the last trim; says whether it trimmed. */
+  check(): boolean {
+    const before = this.#options.rss();
+    // Memory given back meanwhile (V8 shrank its heap) lowers the mark: growth counts from there.
+    if (before < this.#baseline) this.#baseline = before;
+    if (before - this.#baseline < (this.#options.minGrowthBytes ?? HEAP_TRIM_MIN_GROWTH_BYTES)) return false;
+    if (this.#options.trim() === undefined) return false;
+    const after = this.#options.rss();
+    this.#baseline = after;
+    this.#options.onTrim?.(before, after);
+    return true;
+  }
+}
+
+/** The trimmer of this process, when docxy's native addon is there (glibc's malloc_trim); else undefined. */
+export function processHeapTrimmer(onTrim?: (before: number, after: number) => void): HeapTrimmer | undefined {
+  const addon = nativeAddon();
+  if (!addon || typeof addon.trimHeap !== 'function') return undefined;
+  return new HeapTrimmer({ trim: () => addon.trimHeap(), rss: () => process.memoryUsage.rss(), ...(onTrim ? { onTrim } : {}) });
+}
