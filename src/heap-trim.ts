@@ -10,6 +10,12 @@ export interface HeapTrimmerOptions {
   trim(): boolean | undefined;
   /** The process's resident set, in bytes. */
   rss(): number;
+  /**
+   * Whether docxy was idle since the last look (its event loop barely busy; asked at every look):
+   * a trim is for after a burst, never during one, whose next allocations would fault the trimmed
+   * pages straight back in.
+   */
+  idle?(): boolean;
   intervalMs?: number;
   minGrowthBytes?: number;
   /** Told of each trim: the RSS before and after. */
@@ -23,9 +29,10 @@ export interface HeapTrimmerOptions {
  * the system, so after a few large pulls docxy's RSS stayed ~50 MiB above its idle size (124-135
  * MiB instead of 78 after four 256 MiB pass-through pulls) and the next burst started from there.
  * Every `intervalMs` (an unref'd timer: it never keeps docxy alive) the RSS is read, and when it
- * grew by `minGrowthBytes` since the last trim, malloc_trim(0) gives the arenas' free pages back
- * (98-113 MiB after the same pulls). A trim takes milliseconds and holds nothing up for long; it
- * runs only after growth, so an idle or steady docxy is not trimmed again and again.
+ * grew by `minGrowthBytes` since the last trim and the burst is over (the event loop was idle
+ * since the last look), malloc_trim(0) gives the arenas' free pages back (105-116 MiB after the
+ * same pulls). A trim takes milliseconds; it runs only after growth, so an idle or steady docxy
+ * is not trimmed again and again.
  */
 export class HeapTrimmer {
   readonly #options: HeapTrimmerOptions;
@@ -49,10 +56,13 @@ export class HeapTrimmer {
 
   /** One look: trims when the RSS grew enough since the last trim; says whether it trimmed. */
   check(): boolean {
+    // Asked at every look, so that it speaks of the last interval only.
+    const idle = this.#options.idle?.() ?? true;
     const before = this.#options.rss();
     // Memory given back meanwhile (V8 shrank its heap) lowers the mark: growth counts from there.
     if (before < this.#baseline) this.#baseline = before;
     if (before - this.#baseline < (this.#options.minGrowthBytes ?? HEAP_TRIM_MIN_GROWTH_BYTES)) return false;
+    if (!idle) return false;
     if (this.#options.trim() === undefined) return false;
     const after = this.#options.rss();
     this.#baseline = after;
@@ -61,9 +71,19 @@ export class HeapTrimmer {
   }
 }
 
+/** The event loop busier than this since the last look: docxy is not idle, nothing is trimmed. */
+export const HEAP_TRIM_IDLE_UTILIZATION = 0.05;
+
 /** The trimmer of this process, when docxy's native addon is there (glibc's malloc_trim); else undefined. */
 export function processHeapTrimmer(onTrim?: (before: number, after: number) => void): HeapTrimmer | undefined {
   const addon = nativeAddon();
   if (!addon || typeof addon.trimHeap !== 'function') return undefined;
-  return new HeapTrimmer({ trim: () => addon.trimHeap(), rss: () => process.memoryUsage.rss(), ...(onTrim ? { onTrim } : {}) });
+  let since = performance.eventLoopUtilization();
+  const idle = () => {
+    const now = performance.eventLoopUtilization();
+    const { utilization } = performance.eventLoopUtilization(now, since);
+    since = now;
+    return utilization < HEAP_TRIM_IDLE_UTILIZATION;
+  };
+  return new HeapTrimmer({ trim: () => addon.trimHeap(), rss: () => process.memoryUsage.rss(), idle, ...(onTrim ? { onTrim } : {}) });
 }

@@ -60,6 +60,19 @@ describe('HeapTrimmer', () => {
     assert.equal(state.trims, 1);
   });
 
+  test('not while busy: a burst still going is left alone, and trimmed once it is over', () => {
+    let rss = 80 * MiB;
+    let idle = false;
+    let trims = 0;
+    const trimmer = new HeapTrimmer({ rss: () => rss, idle: () => idle, trim: () => (trims++, true), minGrowthBytes: 16 * MiB });
+    rss = 140 * MiB;
+    assert.equal(trimmer.check(), false);
+    assert.equal(trims, 0);
+    idle = true;
+    assert.equal(trimmer.check(), true);
+    assert.equal(trims, 1);
+  });
+
   test('without a trim (no glibc) it never reports one', () => {
     let rss = 80 * MiB;
     const trimmer = new HeapTrimmer({ rss: () => rss, trim: () => undefined, minGrowthBytes: MiB });
