@@ -1,0 +1,63 @@
+// docxy gives the memory it freed back to the system once a burst is over (src/heap-trim.ts), on
+// the real docxy process: a pass-through docxy streams large blobs through JavaScript (their
+// bytes in 64 KiB buffers from malloc's arenas, which free() alone does not give back), then,
+// idle, says it trimmed, and its RSS is below what the burst left.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startDocxy, type Docxy } from '../e2e/harness/docxy.ts';
+import { sha256, startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
+import { http } from '../helpers/http-client.ts';
+import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
+
+const MiB = 1024 * 1024;
+
+/** VmRSS of `pid`, in bytes. */
+function rss(pid: number): number {
+  const kib = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+  assert.ok(kib, `VmRSS of ${pid}`);
+  return Number(kib) * 1024;
+}
+
+describe('memory docxy freed goes back to the system after a burst', { timeout: 90_000 }, () => {
+  const blob = randomBytes(96 * MiB);
+  const digest = sha256(blob);
+  let upstream: FakeRegistry;
+  let docxy: Docxy;
+
+  before(async () => {
+    upstream = await startFakeRegistry({ auth: 'none' });
+    upstream.addImage('library/big', '1', [blob]);
+    docxy = await startDocxy({
+      logLevel: 'debug',
+      cache: { enabled: false },
+      upstreams: { 'docker.io': { url: upstream.url } },
+      egress: LOOPBACK_EGRESS,
+    });
+  });
+  after(async () => {
+    await docxy?.stop();
+    await upstream?.close();
+  });
+
+  test('a trim follows the burst: logged with the RSS before and after, and the RSS is lower than the burst left it', async () => {
+    for (let i = 0; i < 6; i++) {
+      const res = await http(`${docxy.url}/v2/library/big/blobs/${digest}`);
+      assert.equal(res.status, 200);
+      assert.equal(sha256(res.body), digest);
+    }
+    const afterBurst = rss(docxy.pid);
+    // The trimmer looks every 5 s and trims once the event loop was idle over the last look.
+    const deadline = Date.now() + 20_000;
+    let line;
+    while (!(line = docxy.logs.find((l) => l.msg === 'gave freed memory back to the system'))) {
+      assert.ok(Date.now() < deadline, `no trim within 20 s (RSS ${Math.round(afterBurst / MiB)} MiB after the burst)`);
+      await sleep(100);
+    }
+    const { rssBeforeMiB, rssAfterMiB } = line as { rssBeforeMiB: number; rssAfterMiB: number };
+    assert.ok(rssAfterMiB < rssBeforeMiB - 8, `trimmed ${rssBeforeMiB} -> ${rssAfterMiB} MiB`);
+    assert.ok(rss(docxy.pid) < afterBurst - 8 * MiB, `RSS ${Math.round(rss(docxy.pid) / MiB)} MiB now, ${Math.round(afterBurst / MiB)} after the burst`);
+  });
+});
