@@ -12,6 +12,7 @@ import { ConfigError, type Config } from './config/types.ts';
 import { createLogger } from './observability/logger.ts';
 import { createContentStore } from './storage/content-store.ts';
 import { collectStartupGarbage } from './startup-garbage.ts';
+import { trimProcessHeap } from './heap-trim.ts';
 import type { UpstreamPullLimits } from './upstream/upstream-registry.ts';
 import { VERSION } from './version.ts';
 
@@ -98,7 +99,14 @@ export function buildCli(): Command {
         process.exit(1);
       }
       const collected = collectStartupGarbage();
-      if (collected) app.logger.debug({ heapBytesBefore: collected.before, heapBytesAfter: collected.after }, 'startup garbage collected');
+      // What that collection freed went to malloc's arenas, which keep it: back to the system.
+      const trimmed = trimProcessHeap();
+      if (collected) {
+        app.logger.debug(
+          { heapBytesBefore: collected.before, heapBytesAfter: collected.after, ...(trimmed ? { rssBytesBefore: trimmed.before, rssBytesAfter: trimmed.after } : {}) },
+          'startup garbage collected',
+        );
+      }
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) process.exit(1);

@@ -71,6 +71,19 @@ export class HeapTrimmer {
   }
 }
 
+/**
+ * One trim now (docxy serve runs it right after the startup GC, which freed the garbage of startup
+ * into malloc's arenas: ~2 MiB of RSS back): the RSS before and after, or undefined without the
+ * addon or glibc.
+ */
+export function trimProcessHeap(): { before: number; after: number } | undefined {
+  const addon = nativeAddon();
+  if (!addon || typeof addon.trimHeap !== 'function') return undefined;
+  const before = process.memoryUsage.rss();
+  if (addon.trimHeap() === undefined) return undefined;
+  return { before, after: process.memoryUsage.rss() };
+}
+
 /** The event loop busier than this since the last look: docxy is not idle, nothing is trimmed. */
 export const HEAP_TRIM_IDLE_UTILIZATION = 0.05;
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { describe, mock, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { HeapTrimmer, processHeapTrimmer } from '../../src/heap-trim.ts';
+import { HeapTrimmer, processHeapTrimmer, trimProcessHeap } from '../../src/heap-trim.ts';
 import { nativeAddon } from '../../src/native.ts';
 
 const MiB = 1024 * 1024;
@@ -127,4 +127,6 @@ test("the native addon's trim gives freed arena pages back to the system", async
   assert.equal(released, true);
   assert.ok(freed - trimmed > 100 * MiB, `RSS ${Math.round(freed / MiB)} MiB before the trim, ${Math.round(trimmed / MiB)} after`);
   assert.ok(processHeapTrimmer(), 'docxy serve gets a trimmer where the addon is');
+  const once = trimProcessHeap();
+  assert.ok(once && once.before > 0 && once.after > 0, 'a trim now says the RSS before and after');
 });
