@@ -91,7 +91,6 @@ export async function flushDirtyPages(): Promise<void> {
   await promisify(execFile)('sync');
 }
 
-/**
 /** Other work on the machine above this many cores makes the numbers unreliable. */
 export const QUIET_THRESHOLD_CORES = 0.25;
 /** How long a bench waits for a quiet machine before it measures anyway (and says so). */

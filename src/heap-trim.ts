@@ -77,11 +77,17 @@ export class HeapTrimmer {
  * addon or glibc.
  */
 export function trimProcessHeap(): { before: number; after: number } | undefined {
-  const addon = nativeAddon();
-  if (!addon || typeof addon.trimHeap !== 'function') return undefined;
+  const trim = nativeTrim();
+  if (!trim) return undefined;
   const before = process.memoryUsage.rss();
-  if (addon.trimHeap() === undefined) return undefined;
+  if (trim() === undefined) return undefined;
   return { before, after: process.memoryUsage.rss() };
+}
+
+/** glibc's malloc_trim(0) through docxy's native addon, when the addon is there. */
+function nativeTrim(): (() => boolean | undefined) | undefined {
+  const addon = nativeAddon();
+  return addon && typeof addon.trimHeap === 'function' ? () => addon.trimHeap() : undefined;
 }
 
 /** The event loop busier than this since the last look: docxy is not idle, nothing is trimmed. */
@@ -89,8 +95,8 @@ export const HEAP_TRIM_IDLE_UTILIZATION = 0.05;
 
 /** The trimmer of this process, when docxy's native addon is there (glibc's malloc_trim); else undefined. */
 export function processHeapTrimmer(onTrim?: (before: number, after: number) => void): HeapTrimmer | undefined {
-  const addon = nativeAddon();
-  if (!addon || typeof addon.trimHeap !== 'function') return undefined;
+  const trim = nativeTrim();
+  if (!trim) return undefined;
   let since = performance.eventLoopUtilization();
   const idle = () => {
     const now = performance.eventLoopUtilization();
@@ -98,5 +104,5 @@ export function processHeapTrimmer(onTrim?: (before: number, after: number) => v
     since = now;
     return utilization < HEAP_TRIM_IDLE_UTILIZATION;
   };
-  return new HeapTrimmer({ trim: () => addon.trimHeap(), rss: () => process.memoryUsage.rss(), idle, ...(onTrim ? { onTrim } : {}) });
+  return new HeapTrimmer({ trim, rss: () => process.memoryUsage.rss(), idle, ...(onTrim ? { onTrim } : {}) });
 }

@@ -20,7 +20,7 @@ import {
   type StorageWriter,
 } from './storage-driver.ts';
 
-/** Directory under the root holding writes in progress (and the single executable's sendfile engine for a moment, see useSendfile); never a key. */
+/** Directory under the root holding writes in progress (and, for a moment, the single executable's native addon: see setNativeFallbackDir in src/native.ts); never a key. */
 export const TMP_DIR = '_tmp';
 
 export interface FsDriverOptions {

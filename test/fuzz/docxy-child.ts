@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { startNodeFlags } from '../../bench/docxy-process.ts';
 import { waitForStatus } from '../e2e/harness/net.ts';
 import { spawnTracked, stopChild, tail } from '../e2e/harness/process.ts';
+import { rssOf } from '../helpers/process-rss.ts';
 
 const DOCXY_BIN = fileURLToPath(new URL('../../bin/docxy.js', import.meta.url));
 /** Test instrumentation only: lets the runner ask for a full GC before it samples RSS. */
@@ -94,7 +95,7 @@ export async function startDocxyChild(options: DocxyChildOptions): Promise<Docxy
       if (exit) listener(exit);
       else listeners.push(listener);
     },
-    rss: () => processRss(pid),
+    rss: () => rssOf(pid),
     clientConnections: () => serverConnections(pid, options.port),
     async collectGarbage() {
       if (exit) return;
@@ -109,15 +110,6 @@ export async function startDocxyChild(options: DocxyChildOptions): Promise<Docxy
   };
 }
 
-/** VmRSS of a live process, in bytes. */
-export function processRss(pid: number): number | undefined {
-  try {
-    const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return match ? Number(match[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 const TCP_STATES: Record<string, string> = {
   '01': 'ESTABLISHED', '02': 'SYN_SENT', '03': 'SYN_RECV', '04': 'FIN_WAIT1', '05': 'FIN_WAIT2', '06': 'TIME_WAIT',

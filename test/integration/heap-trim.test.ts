@@ -4,21 +4,21 @@
 // idle, says it trimmed, and its RSS is below what the burst left.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startDocxy, type Docxy } from '../e2e/harness/docxy.ts';
 import { sha256, startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.ts';
 import { http } from '../helpers/http-client.ts';
+import { rssOf } from '../helpers/process-rss.ts';
 import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 
 const MiB = 1024 * 1024;
 
-/** VmRSS of `pid`, in bytes. */
+/** VmRSS of `pid`, in bytes (it must be running). */
 function rss(pid: number): number {
-  const kib = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
-  assert.ok(kib, `VmRSS of ${pid}`);
-  return Number(kib) * 1024;
+  const bytes = rssOf(pid);
+  assert.ok(bytes !== undefined, `VmRSS of ${pid}`);
+  return bytes;
 }
 
 /** docxy's first log line with `msg`, once it is there (bounded): lines come when things happen, a test never sleeps for them. */

@@ -17,7 +17,8 @@ import { LOOPBACK_EGRESS } from '../helpers/loopback-egress.ts';
 import { Prng } from '../fuzz/prng.ts';
 import { startFaultyUpstream, type FaultyUpstream } from './harness/upstream.ts';
 import { fetchBounded, judge, pullImage, registryErrorCode, type Fetched } from './harness/pull-client.ts';
-import { MiB, rssOf } from './harness/docxy-checks.ts';
+import { MiB } from './harness/docxy-checks.ts';
+import { rssOf } from '../helpers/process-rss.ts';
 import { markdownTable, report, saveSection, SEED, SOAK } from './harness/figures.ts';
 
 const TOOLS = ['docker-registry', 'openssl'];
