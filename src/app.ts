@@ -73,6 +73,12 @@ export interface App {
    * a new certificate was installed. Also happens by itself when the files change.
    */
   reloadTls(): boolean;
+  /**
+   * Gives the memory malloc holds free back to the system now (docxy serve, right after its
+   * startup GC); the RSS before and after, undefined before listen() or without glibc's
+   * malloc_trim. Later trims happen by themselves once a burst is over (src/heap-trim.ts).
+   */
+  trimHeap(): { before: number; after: number } | undefined;
   readonly url: string;
   readonly logger: Logger;
   /** The configuration the app was built with (a reload changes only its access policy). */
@@ -224,6 +230,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     },
     reloadTls() {
       return certificates?.reload() ?? false;
+    },
+    trimHeap() {
+      return heapTrimmer?.trimNow();
     },
     async close(graceMs = config.server.shutdownGraceMs) {
       certificates?.close();

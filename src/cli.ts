@@ -12,7 +12,6 @@ import { ConfigError, type Config } from './config/types.ts';
 import { createLogger } from './observability/logger.ts';
 import { createContentStore } from './storage/content-store.ts';
 import { collectStartupGarbage } from './startup-garbage.ts';
-import { trimProcessHeap } from './heap-trim.ts';
 import type { UpstreamPullLimits } from './upstream/upstream-registry.ts';
 import { VERSION } from './version.ts';
 
@@ -100,7 +99,7 @@ export function buildCli(): Command {
       }
       const collected = collectStartupGarbage();
       // What that collection freed went to malloc's arenas, which keep it: back to the system.
-      const trimmed = trimProcessHeap();
+      const trimmed = app.trimHeap();
       if (collected) {
         app.logger.debug(
           { heapBytesBefore: collected.before, heapBytesAfter: collected.after, ...(trimmed ? { rssBytesBefore: trimmed.before, rssBytesAfter: trimmed.after } : {}) },

@@ -63,31 +63,26 @@ export class HeapTrimmer {
     if (before < this.#baseline) this.#baseline = before;
     if (before - this.#baseline < (this.#options.minGrowthBytes ?? HEAP_TRIM_MIN_GROWTH_BYTES)) return false;
     if (!idle) return false;
-    if (this.#options.trim() === undefined) return false;
-    const after = this.#options.rss();
-    this.#baseline = after;
-    this.#options.onTrim?.(before, after);
+    const trimmed = this.trimNow();
+    if (!trimmed) return false;
+    this.#options.onTrim?.(trimmed.before, trimmed.after);
     return true;
   }
-}
 
-/**
- * One trim now (docxy serve runs it right after the startup GC, which freed the garbage of startup
- * into malloc's arenas: ~2 MiB of RSS back): the RSS before and after, or undefined without the
- * addon or glibc.
- */
-export function trimProcessHeap(): { before: number; after: number } | undefined {
-  const trim = nativeTrim();
-  if (!trim) return undefined;
-  const before = process.memoryUsage.rss();
-  if (trim() === undefined) return undefined;
-  return { before, after: process.memoryUsage.rss() };
-}
-
-/** glibc's malloc_trim(0) through docxy's native addon, when the addon is there. */
-function nativeTrim(): (() => boolean | undefined) | undefined {
-  const addon = nativeAddon();
-  return addon && typeof addon.trimHeap === 'function' ? () => addon.trimHeap() : undefined;
+  /**
+   * One trim now, whatever the RSS did (docxy serve runs it right after its startup GC, which freed
+   * startup's garbage into malloc's arenas: ~2 MiB of RSS back). Growth for the next trim counts
+   * from what it left: the trimmer is made before that GC, and a mark from then (115-130 MiB) let
+   * a burst that ended at 145 MiB go untrimmed. The RSS before and after; undefined without glibc.
+   * Not told to `onTrim`: the caller says it.
+   */
+  trimNow(): { before: number; after: number } | undefined {
+    const before = this.#options.rss();
+    if (this.#options.trim() === undefined) return undefined;
+    const after = this.#options.rss();
+    this.#baseline = after;
+    return { before, after };
+  }
 }
 
 /** The event loop busier than this since the last look: docxy is not idle, nothing is trimmed. */
@@ -95,8 +90,9 @@ export const HEAP_TRIM_IDLE_UTILIZATION = 0.05;
 
 /** The trimmer of this process, when docxy's native addon is there (glibc's malloc_trim); else undefined. */
 export function processHeapTrimmer(onTrim?: (before: number, after: number) => void): HeapTrimmer | undefined {
-  const trim = nativeTrim();
-  if (!trim) return undefined;
+  const addon = nativeAddon();
+  if (typeof addon?.trimHeap !== 'function') return undefined;
+  const trim = (): boolean | undefined => addon.trimHeap();
   let since = performance.eventLoopUtilization();
   const idle = () => {
     const now = performance.eventLoopUtilization();

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { describe, mock, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { HeapTrimmer, processHeapTrimmer, trimProcessHeap } from '../../src/heap-trim.ts';
+import { HeapTrimmer, processHeapTrimmer } from '../../src/heap-trim.ts';
 import { nativeAddon } from '../../src/native.ts';
 
 const MiB = 1024 * 1024;
@@ -50,6 +50,18 @@ describe('HeapTrimmer', () => {
     assert.equal(trimmer.check(), false);
     state.rss = 97 * MiB;
     assert.equal(trimmer.check(), true, '17 MiB above the lowest seen');
+  });
+
+  test('a trim asked for now (the startup one) sets the mark: growth counts from what it left, not from the RSS the trimmer was made at', () => {
+    // Made while docxy was starting (RSS still holding startup's garbage), trimmed right after the
+    // startup GC, then a burst before the first look: growth is measured from the low RSS.
+    const { state, trimmer } = pretend(130 * MiB, 0);
+    state.rss = 78 * MiB;
+    assert.deepEqual(trimmer.trimNow(), { before: 78 * MiB, after: 78 * MiB });
+    assert.deepEqual(state.seen, [], 'the caller reports it (docxy serve logs it with the startup GC)');
+    state.rss = 145 * MiB;
+    assert.equal(trimmer.check(), true, '67 MiB above what the startup trim left');
+    assert.equal(state.trims, 2);
   });
 
   test('a trim that releases nothing still moves the mark (no retrying every interval)', () => {
@@ -126,7 +138,8 @@ test("the native addon's trim gives freed arena pages back to the system", async
   const { freed, trimmed, released } = JSON.parse(stdout) as { freed: number; trimmed: number; released: boolean };
   assert.equal(released, true);
   assert.ok(freed - trimmed > 100 * MiB, `RSS ${Math.round(freed / MiB)} MiB before the trim, ${Math.round(trimmed / MiB)} after`);
-  assert.ok(processHeapTrimmer(), 'docxy serve gets a trimmer where the addon is');
-  const once = trimProcessHeap();
+  const trimmer = processHeapTrimmer();
+  assert.ok(trimmer, 'docxy serve gets a trimmer where the addon is');
+  const once = trimmer.trimNow();
   assert.ok(once && once.before > 0 && once.after > 0, 'a trim now says the RSS before and after');
 });
