@@ -45,10 +45,13 @@ export class PooledFileStream extends Readable implements FileBackedReadable {
   #delivering = false;
   /** The end of the file (or of the range) was pushed. */
   #ended = false;
+  /** Milliseconds, for timing reads (a test gives its own clock: a busy machine's turns take more than SLOW_READ_MS). */
+  readonly #now: () => number;
 
   /** `size`: the file's, when known (a sender of the file needs the length to send). */
-  constructor(handle: FileHandle, pool: ChunkPool, range?: ByteRange, size?: number) {
+  constructor(handle: FileHandle, pool: ChunkPool, range?: ByteRange, size?: number, options: { now?: () => number } = {}) {
     super({ highWaterMark: pool.size });
+    this.#now = options.now ?? (() => performance.now());
     this.#handle = handle;
     this.#pool = pool;
     this.#next = this.#start = range?.start ?? 0;
@@ -83,9 +86,9 @@ export class PooledFileStream extends Readable implements FileBackedReadable {
       const wanted = Math.min(this.#stop - position, this.#pool.size);
       this.#next += wanted;
       const chunk = this.#pool.read(wanted, async (buffer) => {
-        const started = performance.now();
+        const started = this.#now();
         const { bytesRead } = await this.#handle.read(buffer, 0, buffer.length, position);
-        if (performance.now() - started > SLOW_READ_MS && openStreams <= READ_AHEAD_MAX_STREAMS) this.#depth = READ_AHEAD;
+        if (this.#now() - started > SLOW_READ_MS && openStreams <= READ_AHEAD_MAX_STREAMS) this.#depth = READ_AHEAD;
         return bytesRead;
       });
       this.#reads.push({ chunk, wanted });
