@@ -6,9 +6,8 @@ import { checkRange, type ByteRange, type StorageWriter } from './storage-driver
 import { storedReads } from './chunk-pool.ts';
 import { SharedReads } from './shared-reads.ts';
 import { WriteFollower, type FollowedWrite } from './write-follower.ts';
+import { WRITE_BEHIND_MAX_BYTES, writeBehind, type WriteBehind, type WriteBehindBudget } from './write-behind.ts';
 
-/** Bytes the stage's sink queues before backpressure; large enough for `writev` batching. */
-export const STAGE_HIGH_WATER_MARK = 4 * 1024 * 1024;
 /** Bytes the writer's stream takes before it asks its producer to wait (the sink's queue full). */
 const STAGE_ARRIVAL_HIGH_WATER_MARK = 1024 * 1024;
 
@@ -44,7 +43,9 @@ export interface WriteStage {
  * for blobs and manifests. `stream` is a Transform that checks each chunk as it arrives (length
  * and digest, see ContentVerifier) and hands it to the followers waiting for it, then a sink that
  * stores the bytes in batches (`writev`) while the next chunks are hashed: hashing, storing and
- * the followers' sockets all work at once, with backpressure and no await per chunk.
+ * the followers' sockets all work at once, with backpressure and no await per chunk. How far the
+ * storing may fall behind the arrivals before the producer waits is the process's write-behind
+ * budget's to say (4 MiB, up to 32 while all writes together queue at most 64: write-behind.ts).
  */
 export class StagedWriter implements StorageWriter {
   readonly stream: Transform;
@@ -58,6 +59,8 @@ export class StagedWriter implements StorageWriter {
    * reading them back once stored. They are the sink's own buffers, not copies.
    */
   readonly #unstored = new ChunkQueue();
+  /** This write's share of the write-behind budget: the bytes of `#unstored`. */
+  readonly #behind: WriteBehind;
   readonly #piped: Promise<void>;
   /** Bytes that arrived (and passed the length check). */
   #arrived = 0;
@@ -83,10 +86,14 @@ export class StagedWriter implements StorageWriter {
   /** The followers' reads of stored bytes, one read per block for all of them. */
   readonly #reads: SharedReads;
 
-  /** `verifier`: the check of a write given an expectation (made first: an invalid one throws before the stage exists). */
-  constructor(stage: WriteStage, verifier?: ContentVerifier) {
+  /**
+   * `verifier`: the check of a write given an expectation (made first: an invalid one throws
+   * before the stage exists). `budget`: how far storing may fall behind (the process's, unless a test gives its own).
+   */
+  constructor(stage: WriteStage, verifier?: ContentVerifier, budget: WriteBehindBudget = writeBehind) {
     this.#stage = stage;
     this.#verifier = verifier;
+    this.#behind = budget.open();
     this.expected = this.#verifier?.expected;
     this.stream = new Transform({
       // Chunks pass through at once (the sink below queues them): no drain to wait for after each.
@@ -95,7 +102,8 @@ export class StagedWriter implements StorageWriter {
       flush: (callback: TransformCallback) => this.#verify(callback),
     });
     const sink = new Writable({
-      highWaterMark: STAGE_HIGH_WATER_MARK,
+      // The budget holds the producer back first (see #arrive); the sink's own mark is its ceiling.
+      highWaterMark: WRITE_BEHIND_MAX_BYTES,
       writev: (chunks, callback) => this.#store(chunks.map(({ chunk }) => chunk as Buffer), callback),
       final: (callback) => this.#seal(callback),
     });
@@ -179,14 +187,17 @@ export class StagedWriter implements StorageWriter {
     const offset = this.#arrived;
     this.#arrived += chunk.length;
     this.#unstored.push(chunk);
+    this.#behind.arrive(chunk.length);
     for (const follower of this.#followers) follower.offer(chunk, offset);
-    // The hashing thread is behind: the next chunk waits for it (memory stays bounded).
-    if (more) callback(null, chunk);
-    else
-      this.#verifier!.ready().then(
-        () => callback(null, chunk),
-        (error: unknown) => callback(error as Error),
-      );
+    // The next chunk waits while storing is too far behind (bytes queued before this one; the
+    // sink always has those to store, so room comes), and for the hashing thread when it is behind.
+    const ahead = () => this.#arrived - chunk.length - this.#written;
+    const take = () => {
+      if (this.#behind.mayTakeMore(ahead())) callback(null, chunk);
+      else void this.#behind.whenMayTakeMore(ahead).then(() => callback(null, chunk));
+    };
+    if (more) take();
+    else this.#verifier!.ready().then(take, (error: unknown) => callback(error as Error));
   }
 
   /** Every chunk arrived: the digest and length decide. */
@@ -209,6 +220,7 @@ export class StagedWriter implements StorageWriter {
       () => {
         this.#written += bytes;
         this.#unstored.drop(bytes);
+        this.#behind.stored(bytes);
         // Stored: a chunk lent from storedReads (a fill's, see BlobFill) may serve again, once its followers gave their views back.
         for (const buffer of buffers) storedReads.giveBack(buffer);
         for (const follower of this.#followers) follower.wake();
@@ -221,11 +233,13 @@ export class StagedWriter implements StorageWriter {
   /** Every byte stored, after the check passed (a failed check never lets the sink finish). */
   #seal(callback: (error?: Error | null) => void): void {
     this.#sealed = true;
+    this.#behind.close();
     for (const follower of this.#followers) follower.wake();
     callback();
   }
 
   #fail(error: Error): void {
+    this.#behind.close();
     if (this.#sealed) return;
     this.#failure ??= error;
     for (const follower of this.#followers) follower.fail(this.#failure);
@@ -240,6 +254,7 @@ export class StagedWriter implements StorageWriter {
   }
 
   async #abort(): Promise<void> {
+    this.#behind.close();
     this.#verifier?.abandon();
     if (!this.#sealed) {
       this.#failure ??= this.#abortReason ?? new Error('storage write was aborted');

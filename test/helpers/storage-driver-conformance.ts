@@ -13,6 +13,7 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createContentStore } from '../../src/storage/content-store.ts';
+import { WRITE_BEHIND_MAX_BYTES } from '../../src/storage/write-behind.ts';
 import { DigestMismatchError } from '../../src/storage/content-verifier.ts';
 import { isFileBacked, StorageNotFoundError, type FileRange, type StorageDriver, type StorageEntry, type StorageWriter } from '../../src/storage/storage-driver.ts';
 
@@ -289,15 +290,15 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       }
     });
 
-    test('a 64 MiB streamed write and read keep memory flat', async () => {
-      const size = 64 * MiB;
+    test('a 128 MiB streamed write and read keep memory flat', async () => {
+      const size = 128 * MiB;
       const chunkSize = 256 * 1024;
       const memory = liveBufferSampler();
       const written = createHash('sha256');
       const writer = await driver.createWriter('big/blob');
       let maxBuffered = 0;
       function* produce(): Generator<Buffer> {
-        // Fresh buffers: a driver ignoring backpressure would keep all 64 MiB of them alive.
+        // Fresh buffers: a driver ignoring backpressure would keep all 128 MiB of them alive.
         for (const [index, chunk] of enumerate(chunks(size / chunkSize, chunkSize))) {
           maxBuffered = Math.max(maxBuffered, writer.stream.writableLength);
           if (index % 16 === 0) memory.sample();
@@ -322,7 +323,8 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       assert.equal(read.digest('hex'), written.digest('hex'));
 
       assert.ok(maxBuffered <= 8 * MiB, `the writer buffered up to ${maxBuffered} bytes`);
-      assert.ok(memory.growth() < 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
+      // What a write may queue while storing is behind (write-behind.ts: up to 32 MiB), and a little more.
+      assert.ok(memory.growth() < WRITE_BEHIND_MAX_BYTES + 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
     });
 
     test('writer.stream signals backpressure to a fast producer', async () => {
@@ -533,7 +535,7 @@ export function runWriterConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('a follower that falls behind reads back from the storage: memory stays flat', async () => {
-      const size = 64 * MiB;
+      const size = 128 * MiB;
       const chunk = 256 * 1024;
       const hash = createHash('sha256');
       for (const piece of chunks(size / chunk, chunk)) hash.update(piece);
@@ -557,7 +559,8 @@ export function runWriterConformance(name: string, makeDriver: () => Promise<Dri
       await writer.commit();
       assert.equal(bytes, size);
       assert.equal(`sha256:${read.digest('hex')}`, writer.expected?.digest);
-      assert.ok(memory.growth() < 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
+      // What a write may queue while storing is behind (write-behind.ts: up to 32 MiB), and a little more.
+      assert.ok(memory.growth() < WRITE_BEHIND_MAX_BYTES + 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
     });
 
     test('a follower opened after the commit reads the committed content', async () => {

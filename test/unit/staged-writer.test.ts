@@ -8,6 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { ContentVerifier } from '../../src/storage/content-verifier.ts';
 import { StagedWriter, type WriteStage } from '../../src/storage/staged-writer.ts';
+import { WriteBehindBudget } from '../../src/storage/write-behind.ts';
+import { pipeline } from 'node:stream/promises';
 
 /** A stage in memory whose writes complete only when the test lets them. */
 class GatedStage implements WriteStage {
@@ -85,4 +87,45 @@ test('a follower further behind than memory reads back from the stage, then foll
   await finished(follower);
   assert.ok(Buffer.concat(received).equals(data.subarray(0, 5 * 64 * 1024)));
   await writer.commit();
+});
+
+test('storing behind: the producer waits once the write-behind budget says so (its max alone, its base when all writes are past the total)', { timeout: 10_000 }, async () => {
+  const KiB = 1024;
+  const chunk = 64 * KiB;
+  const limits = { base: 256 * KiB, max: 1024 * KiB, total: 4096 * KiB };
+  for (const crowded of [false, true]) {
+    const chunks = Array.from({ length: 40 }, () => randomBytes(chunk));
+    const data = Buffer.concat(chunks);
+    const budget = new WriteBehindBudget(limits);
+    // Another write with more than the total queued: everyone keeps to the base.
+    const other = budget.open();
+    if (crowded) other.arrive(limits.total + 1);
+    const stage = new GatedStage();
+    const writer = new StagedWriter(stage, new ContentVerifier({ digest: sha256(data), size: data.length }), budget);
+    let produced = 0;
+    const fed = pipeline(
+      Readable.from(
+        (function* () {
+          for (const c of chunks) {
+            produced++;
+            yield c;
+          }
+        })(),
+      ),
+      writer.stream,
+      { end: false },
+    );
+    await sleep(20);
+    const queued = budget.queued - other.queued;
+    const limit = crowded ? limits.base : limits.max;
+    // The chunk after the one that found more than the limit ahead of it is held: at most two chunks past it.
+    assert.ok(queued > limit && queued <= limit + 2 * chunk, `${crowded ? 'crowded' : 'alone'}: ${queued / KiB} KiB queued (limit ${limit / KiB})`);
+    assert.ok(produced < chunks.length, 'the producer was held back');
+    stage.open();
+    await fed;
+    await writer.seal();
+    assert.ok(stage.stored.equals(data));
+    await writer.commit();
+    assert.equal(budget.queued, other.queued, 'the write left the budget as it found it');
+  }
 });

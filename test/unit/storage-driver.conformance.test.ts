@@ -93,6 +93,8 @@ const writer = await driver.createWriter('blobs/sha256/cr/crash');
 const chunk = Buffer.alloc(1024 * 1024, 0x2a);
 for (let i = 0; i < 32; i++) {
   if (!writer.stream.write(chunk)) await new Promise((resolve) => writer.stream.once('drain', resolve));
+  // Told once 8 MiB are in the temp file (not only queued for it).
+  while (i === 8 && writer.written < 8 * 1024 * 1024) await new Promise((resolve) => setTimeout(resolve, 5));
   if (i === 8) process.stdout.write('writing\\n');
   // Slow after the signal, so that the kill lands in the middle of the write.
   if (i >= 8) await new Promise((resolve) => setTimeout(resolve, 50));
