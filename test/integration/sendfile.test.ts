@@ -197,12 +197,13 @@ describe('server.sendfile: false', { timeout: 30_000 }, () => {
 });
 
 /** GETs `url`: the body's bytes, when the first arrived, and whether the transfer completed. */
-function download(url: string) {
+function download(url: string, onFirstByte?: () => void) {
   return new Promise<{ status: number; body: Buffer; firstByteAt: number; complete: boolean }>((resolve) => {
     const chunks: Buffer[] = [];
     let firstByteAt = 0;
     const req = httpRequest(url, (res) => {
       res.on('data', (chunk: Buffer) => {
+        if (!firstByteAt) onFirstByte?.();
         firstByteAt ||= performance.now();
         chunks.push(chunk);
       });
@@ -220,6 +221,10 @@ describe('fills by sendfile: the client of a miss and those joining it', { timeo
   /** What the CDN sends for the next blob (the blob itself, or wrong bytes), 1 MiB every 20 ms. */
   let cdnBody: Buffer | undefined;
   let cdnDoneAt = 0;
+  /** Told when the CDN starts sending. */
+  let cdnStarted: (() => void) | undefined;
+  /** When set, the CDN's last MiB waits for it (10 s at most): the fetch cannot end before the clients are in, however slow the machine. */
+  let holdLast: Promise<void> | undefined;
 
   before(async () => {
     upstream = await startFakeRegistry({ auth: 'none', cdn: true });
@@ -227,7 +232,9 @@ describe('fills by sendfile: the client of a miss and those joining it', { timeo
       if (server !== 'cdn' || !cdnBody) return false;
       const body = cdnBody;
       res.writeHead(200, { 'content-length': body.length, 'content-type': 'application/octet-stream' });
+      cdnStarted?.();
       for (let offset = 0; offset < body.length && !res.destroyed; offset += MiB) {
+        if (offset + MiB >= body.length && holdLast) await Promise.race([holdLast, sleep(10_000)]);
         // When the last bytes leave (the clients may have them all before the pause is over).
         if (offset + MiB >= body.length) cdnDoneAt = performance.now();
         res.write(body.subarray(offset, offset + MiB));
@@ -251,9 +258,19 @@ describe('fills by sendfile: the client of a miss and those joining it', { timeo
     cdnBody = blob;
     const url = `${docxy.url}/v2/library/fill/blobs/${digest}`;
     cdnDoneAt = Infinity;
-    const first = download(url);
-    await sleep(150); // the fill is under way
-    const joiners = await Promise.all([first, ...Array.from({ length: 8 }, () => download(url))]);
+    let firstBytes = 0;
+    let allIn!: () => void;
+    holdLast = new Promise<void>((resolve) => (allIn = resolve));
+    const onFirstByte = () => {
+      if (++firstBytes === 9) allIn();
+    };
+    const underWay = new Promise<void>((resolve) => (cdnStarted = resolve));
+    const first = download(url, onFirstByte);
+    await underWay; // the fill is under way
+    const joiners = await Promise.all([first, ...Array.from({ length: 8 }, () => download(url, onFirstByte))]).finally(() => {
+      holdLast = undefined;
+      cdnStarted = undefined;
+    });
     assert.ok(Number.isFinite(cdnDoneAt), 'the blob came from the slow CDN');
     for (const [i, result] of joiners.entries()) {
       assert.equal(result.status, 200, `client ${i}`);

@@ -65,8 +65,13 @@ describe('eviction shared by replicas (a real redis-server)', { skip }, () => {
       const other = await blob(2, 300);
       const readerSide = new Evictor({ store, maxBytes: 1_000_000, coordinator: a });
       const sweeperSide = new Evictor({ store, maxBytes: 1, coordinator: b });
-      const unpin = readerSide.pin(contentKey('blob', parseDigest(read)!));
-      await new Promise((resolve) => setTimeout(resolve, 50)); // the shared pin is written
+      const pinned = contentKey('blob', parseDigest(read)!);
+      const unpin = readerSide.pin(pinned);
+      // The shared pin is written (by A's connection, seen from B's; bounded wait).
+      for (const deadline = Date.now() + 5_000; (await b.values!.get(`pin:${pinned}`)) === undefined; ) {
+        assert.ok(Date.now() < deadline, 'the pin reached Redis');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
       const result = await sweeperSide.sweep(0);
       assert.equal(result.removed, 1, 'only the content nobody reads is removed');
       assert.equal(await store.has('blob', read), true, 'the blob being read on the other replica stays');

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { RedisCoordinator, type RedisCoordinatorOptions } from '../../src/coordination/redis-coordinator.ts';
@@ -98,7 +99,8 @@ describe('Redis leases (a real redis-server)', { skip }, () => {
     const { lease } = outcome as Extract<LeaseOutcome, { kind: 'acquired' }>;
     const key = `t${prefixes}:lease:sha256:dd`;
     await raw.set(key, 'new-owner', 'PX', 5000); // as if it had expired and another replica took it
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    // Renewed every 100 ms: noticed at the next renewal (bounded wait: a busy machine's renewal comes late).
+    if (!lease.lost.aborted) await Promise.race([once(lease.lost, 'abort'), new Promise((resolve) => setTimeout(resolve, 5_000))]);
     assert.equal(lease.lost.aborted, true, 'the renewal noticed the lease is someone else’s');
     await lease.release(true);
     assert.equal(await raw.get(key), 'new-owner', 'compare-and-delete left the new owner’s lease alone');

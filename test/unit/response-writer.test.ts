@@ -4,7 +4,7 @@ import { createServer, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, mock, test } from 'node:test';
 import { BufferBody, type RegistryResponse } from '../../src/core/registry.ts';
 import type { RequestLog } from '../../src/http/context.ts';
 import { sendProxyResponse } from '../../src/http/response-writer.ts';
@@ -81,7 +81,7 @@ describe('sendProxyResponse', () => {
     assert.equal(outcome!.socketWrites, 1, 'and all of them, with the headers, in one write of the socket');
   });
 
-  test('chunks that trickle in over several turns go out together, a batch at most 1 MiB', async () => {
+  test('chunks that trickle in over several turns go out together, a batch at most 1 MiB', async (t) => {
     // A fill from a 200 MiB/s line gives its followers ~64-110 KiB per turn of the event loop:
     // written each turn, fifty followers made ~29,500 socket writes of one 64 MiB blob.
     const chunks = Array.from({ length: 24 }, (_, i) => Buffer.alloc(64 * 1024, i));
@@ -89,12 +89,16 @@ describe('sendProxyResponse', () => {
     const body = new Readable({ read() {} });
     answer = () => ({ status: 200, headers: { 'content-length': String(whole.length) }, body, source: 'cache', batchWrites: true });
     const got = fetchRaw('GET');
-    // One chunk per turn (a few turns per millisecond): the batch is full long before it is 5 ms old.
+    // One chunk per turn (a few turns per millisecond): the batch is full long before it is 5 ms
+    // old. The batch's timer is the test's: on a busy CI machine 24 turns took more than 5 ms.
+    mock.timers.enable({ apis: ['setTimeout'] });
+    t.after(() => mock.timers.reset());
     for (const chunk of chunks) {
       await new Promise((resolve) => setImmediate(resolve));
       body.push(chunk);
     }
     body.push(null);
+    mock.timers.tick(5); // what a batch left waits for at most
     const answered = await got;
     assert.deepEqual(answered.body, whole);
     assert.equal(outcome!.writes, 24);
