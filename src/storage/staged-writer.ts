@@ -45,7 +45,7 @@ export interface WriteStage {
  * stores the bytes in batches (`writev`) while the next chunks are hashed: hashing, storing and
  * the followers' sockets all work at once, with backpressure and no await per chunk. How far the
  * storing may fall behind the arrivals before the producer waits is the process's write-behind
- * budget's to say (4 MiB, up to 32 while all writes together queue at most 64: write-behind.ts).
+ * budget's to say (4 MiB, up to 16 while all writes together queue at most 64: write-behind.ts).
  */
 export class StagedWriter implements StorageWriter {
   readonly stream: Transform;

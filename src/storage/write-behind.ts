@@ -8,10 +8,12 @@ export const WRITE_BEHIND_BASE_BYTES = 4 * 1024 * 1024;
  * WRITE_BEHIND_TOTAL_BYTES. A fill through the page cache meets stalls of tens of milliseconds
  * (fresh pages, writeback), and an upstream link does not give back time a reader stopped
  * reading: with 4 MiB queued, a cold 1 GiB through a 200 MiB/s uplink lost up to 9-14 % to them
- * (0.863-0.909x the registry direct in the first pull after a pause), with 32 MiB it held
- * 0.907-0.996x in the same rounds (20 alternating rounds; ahead or even in 18).
+ * in the first pull after a pause (0.863-0.918x the registry direct); with 32 MiB the same rounds
+ * held 0.907-0.996x (22 alternating rounds, ahead or even in 19), with 16 MiB 0.975x where 4 had
+ * 0.909 and 32 0.996. 32 cost 45-50 MiB of peak RSS on a raw-loopback miss (the disk always
+ * behind: 205-221 MiB against 160-171), 16 cost 10-15 (179-184): 16 it is.
  */
-export const WRITE_BEHIND_MAX_BYTES = 32 * 1024 * 1024;
+export const WRITE_BEHIND_MAX_BYTES = 16 * 1024 * 1024;
 /** Bytes queued for storage by every write of the process together, above which each keeps to the base. */
 export const WRITE_BEHIND_TOTAL_BYTES = 64 * 1024 * 1024;
 

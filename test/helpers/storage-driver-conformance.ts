@@ -323,7 +323,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       assert.equal(read.digest('hex'), written.digest('hex'));
 
       assert.ok(maxBuffered <= 8 * MiB, `the writer buffered up to ${maxBuffered} bytes`);
-      // What a write may queue while storing is behind (write-behind.ts: up to 32 MiB), and a little more.
+      // What a write may queue while storing is behind (write-behind.ts: up to 16 MiB), and a little more.
       assert.ok(memory.growth() < WRITE_BEHIND_MAX_BYTES + 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
     });
 
@@ -559,7 +559,7 @@ export function runWriterConformance(name: string, makeDriver: () => Promise<Dri
       await writer.commit();
       assert.equal(bytes, size);
       assert.equal(`sha256:${read.digest('hex')}`, writer.expected?.digest);
-      // What a write may queue while storing is behind (write-behind.ts: up to 32 MiB), and a little more.
+      // What a write may queue while storing is behind (write-behind.ts: up to 16 MiB), and a little more.
       assert.ok(memory.growth() < WRITE_BEHIND_MAX_BYTES + 16 * MiB, `live Buffer memory grew by ${(memory.growth() / MiB).toFixed(1)} MiB`);
     });
 
