@@ -113,10 +113,11 @@ describe('pull-through cache', () => {
     let threadBeforeAnswer = false;
     upstream.intercept = async (req) => {
       if (req.method === 'GET' && req.url?.includes(`/blobs/${sha256(layer)}`)) {
-        // The upstream takes its time to answer (a far registry): the thread boots meanwhile.
-        for (let i = 0; i < 40 && !threadSeen; i++) {
+        // The upstream takes its time to answer (a far registry): the thread boots meanwhile
+        // (the answer waits for it, 10 s at most: a busy machine boots a worker slowly).
+        for (const deadline = Date.now() + 10_000; !threadSeen && Date.now() < deadline; ) {
           threadSeen = hashThreads() > 0;
-          await sleep(10);
+          if (!threadSeen) await sleep(10);
         }
         threadBeforeAnswer = threadSeen;
       }
@@ -247,16 +248,19 @@ describe('pull-through cache', () => {
     upstream.addImage('library/ranged', '1', [data]);
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
+    let sent!: () => void;
+    const firstPartSent = new Promise<void>((resolve) => (sent = resolve));
     upstream.intercept = async (_req, res, server) => {
       if (server !== 'cdn') return false;
       res.writeHead(200, { 'content-length': data.length });
-      res.write(data.subarray(0, 2 * 1024 * 1024));
+      res.write(data.subarray(0, 2 * 1024 * 1024), () => sent());
       await released; // the rest only after the Range request was answered
       res.end(data.subarray(2 * 1024 * 1024));
       return true;
     };
     const whole = fetchHashed(`${docxy.url}/v2/library/ranged/blobs/${digest}`);
-    await sleep(200);
+    await firstPartSent; // the fill is under way
+    await sleep(200); // and has stored some of it
     const ranged = await http(`${docxy.url}/v2/library/ranged/blobs/${digest}`, { headers: { range: 'bytes=1000-1999' } });
     assert.equal(ranged.status, 206);
     assert.equal(ranged.headers['content-range'], `bytes 1000-1999/${data.length}`);
