@@ -41,7 +41,7 @@ export interface WriteBehind {
  * before taking each chunk): each write up to WRITE_BEHIND_BASE_BYTES at any time, up to
  * WRITE_BEHIND_MAX_BYTES while all of them together have at most WRITE_BEHIND_TOTAL_BYTES queued,
  * so that one fill rides out the disk's stalls and a hundred fills at once still hold 4 MiB each,
- * not 32.
+ * not 16.
  */
 export class WriteBehindBudget {
   readonly #base: number;
@@ -69,8 +69,9 @@ export class WriteBehindBudget {
     const drop = (bytes: number) => {
       queued -= bytes;
       budget.#queued -= bytes;
-      // Room was made: every waiting write looks again (its own store, or another's).
-      for (const look of [...budget.#waiting]) look();
+      // Room was made: every waiting write looks again (its own store, or another's). Most stores
+      // find nobody waiting: no copy of the set for them.
+      if (budget.#waiting.size > 0) for (const look of [...budget.#waiting]) look();
     };
     const mayTakeMore = (ahead: number) => ahead <= budget.#base || (ahead <= budget.#max && budget.#queued <= budget.#total);
     return {

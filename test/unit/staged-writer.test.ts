@@ -3,13 +3,12 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { ContentVerifier } from '../../src/storage/content-verifier.ts';
 import { StagedWriter, type WriteStage } from '../../src/storage/staged-writer.ts';
 import { WriteBehindBudget } from '../../src/storage/write-behind.ts';
-import { pipeline } from 'node:stream/promises';
 
 /** A stage in memory whose writes complete only when the test lets them. */
 class GatedStage implements WriteStage {
