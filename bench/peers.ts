@@ -132,10 +132,22 @@ export interface RealisticOrigin {
   cold: BlobBenchmark;
   /** docxy's peak RSS over its cold runs. */
   docxyColdPeakMiB: number;
-  /** N concurrent cold pulls of the fan-out blob through each proxy, origin behind the throttle. */
+  /** N concurrent cold pulls of the fan-out blob through each proxy, origin behind the throttle (the first round). */
   fanout: Record<PeerName | 'docxy', ColdPullResult>;
   /** The same through docxy behind the nginx front; absent when it could not be started. */
   fanoutFront?: ColdPullResult;
+  /**
+   * Every round of the fan-outs that are scored against nginx proxy_cache (docxy, nginx, docxy
+   * behind the front), taken in turn, the first included: Distribution's, 50 origin GETs through
+   * the uplink, is taken once.
+   */
+  fanoutRounds: FanoutRound[];
+}
+
+export interface FanoutRound {
+  docxy: ColdPullResult;
+  'nginx-proxy-cache': ColdPullResult;
+  front?: ColdPullResult;
 }
 
 export interface RealisticContext extends FanoutContext {
@@ -144,7 +156,10 @@ export interface RealisticContext extends FanoutContext {
   bigUpstream: Upstream;
   bigImage: PushedImage;
   throttle: ThrottleOptions;
+  /** Cold runs of docxy and of the registry direct through the uplink (the peers': one). */
   runs: number;
+  /** Rounds of the fan-outs scored against nginx proxy_cache. */
+  fanoutRounds: number;
   /** Also through docxy behind the nginx front. */
   front: boolean;
 }
@@ -159,7 +174,7 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
   const docxyPeaks: number[] = [];
   const targets: BlobTarget[] = [
     { name: 'direct', open: async () => ({ url: `${bigThrottle.url}${blobPath}`, proxyPid: bigThrottle.service.pid }) },
-    ...PROXIES.map((peer) => coldTarget(peer, peer, bigThrottle.url, blobPath, ctx.dir, ctx.cleanup, peer === 'docxy' ? docxyPeaks : [])),
+    ...PROXIES.map((peer) => ({ ...coldTarget(peer, peer, bigThrottle.url, blobPath, ctx.dir, ctx.cleanup, peer === 'docxy' ? docxyPeaks : []), runs: peer === 'docxy' ? ctx.runs : 1 })),
   ];
   await ctx.quiet('realistic-origin cold pulls', { bigThrottle: bigThrottle.service.pid, fanoutThrottle: fanoutThrottle.service.pid });
   const cold = await runBlobBenchmark({
@@ -170,15 +185,35 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
     timeoutMs: ctx.timeoutMs,
     onRun: (run) => ctx.progress(`  realistic cold ${run.target} #${run.run}: ${run.mibPerS.toFixed(0)} MiB/s in ${run.seconds.toFixed(2)} s`),
   });
-  const fanout = {} as Record<PeerName | 'docxy', ColdPullResult>;
-  for (const peer of PROXIES) fanout[peer] = await fanoutThrough(peer, `realistic-fanout-${peer}`, join(ctx.dir, `fanout-${peer}`), ctx, fanoutThrottle.url);
-  let fanoutFront: ColdPullResult | undefined;
-  if (ctx.front) {
-    fanoutFront = await fanoutThrough('docxy-nginx-front', 'realistic-fanout-docxy-nginx-front', join(ctx.dir, 'fanout-front'), ctx, fanoutThrottle.url).catch((error: unknown) => {
-      ctx.progress(`  the nginx front could not be measured: ${(error as Error).message.split('\n')[0]}`);
-      return undefined;
-    });
+  const distributionFanout = await fanoutThrough('distribution-proxy', 'realistic-fanout-distribution-proxy', join(ctx.dir, 'fanout-distribution-proxy'), ctx, fanoutThrottle.url);
+  const fanoutRounds: FanoutRound[] = [];
+  let front = ctx.front;
+  for (let round = 1; round <= ctx.fanoutRounds; round++) {
+    const through = (peer: 'docxy' | 'nginx-proxy-cache') => fanoutThrough(peer, `realistic-fanout-${peer}-${round}`, join(ctx.dir, `fanout-${peer}-${round}`), ctx, fanoutThrottle.url);
+    const behindFront = async (): Promise<ColdPullResult | undefined> => {
+      if (!front) return undefined;
+      return fanoutThrough('docxy-nginx-front', `realistic-fanout-docxy-nginx-front-${round}`, join(ctx.dir, `fanout-front-${round}`), ctx, fanoutThrottle.url).catch((error: unknown) => {
+        ctx.progress(`  the nginx front could not be measured: ${(error as Error).message.split('\n')[0]}`);
+        front = false;
+        return undefined;
+      });
+    };
+    // In turn, the order reversed every other round: none always goes first on a warming machine.
+    let result: FanoutRound;
+    if (round % 2 === 1) {
+      const docxy = await through('docxy');
+      const nginx = await through('nginx-proxy-cache');
+      result = { docxy, 'nginx-proxy-cache': nginx, ...optional('front', await behindFront()) };
+    } else {
+      const viaFront = await behindFront();
+      const nginx = await through('nginx-proxy-cache');
+      result = { docxy: await through('docxy'), 'nginx-proxy-cache': nginx, ...optional('front', viaFront) };
+    }
+    fanoutRounds.push(result);
   }
+  const first = fanoutRounds[0]!;
+  const fanout: Record<PeerName | 'docxy', ColdPullResult> = { docxy: first.docxy, 'distribution-proxy': distributionFanout, 'nginx-proxy-cache': first['nginx-proxy-cache'] };
+  const fanoutFront = first.front;
   await stopChild(bigThrottle.service.child);
   await stopChild(fanoutThrottle.service.child);
   return {
@@ -187,7 +222,12 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
     docxyColdPeakMiB: Math.max(0, ...docxyPeaks),
     fanout,
     ...(fanoutFront ? { fanoutFront } : {}),
+    fanoutRounds,
   };
+}
+
+function optional<K extends string, V>(key: K, value: V | undefined): Partial<Record<K, V>> {
+  return value === undefined ? {} : ({ [key]: value } as Record<K, V>);
 }
 
 /** Manifest HEAD by tag under load (Node client, keep-alive connections) for each target. */

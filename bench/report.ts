@@ -150,6 +150,8 @@ export interface BenchResults {
     digest: string;
     client: string;
     runsPerTarget: number;
+    /** Runs of each warm target (docxy-hit, nginx-sendfile, the front, the peers' warm caches). */
+    warmRunsPerTarget: number;
     setupS: { generate: number; push: number };
     verified: Verification[];
     /** Median MiB/s of each target / median MiB/s direct. */
@@ -260,7 +262,7 @@ export function formatReport(r: BenchResults): string {
   out.push('');
 
   const b = r.blob;
-  out.push(`Blob GET, ${(b.sizeBytes / 2 ** 20).toFixed(0)} MiB (${b.digest.slice(0, 19)}…), ${b.client}, ${b.runsPerTarget} runs per target, cycled`);
+  out.push(`Blob GET, ${(b.sizeBytes / 2 ** 20).toFixed(0)} MiB (${b.digest.slice(0, 19)}…), ${b.client}, ${b.runsPerTarget} runs per target (warm pulls ${b.warmRunsPerTarget}), cycled`);
   out.push(
     table(
       ['run', 'target', 'MiB/s', 'seconds', 'proxy CPU', 'registry CPU', 'curl CPU', 'other CPU', 'cache'],
