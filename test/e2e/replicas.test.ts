@@ -220,8 +220,10 @@ describe(title, gate, () => {
       assert.equal(result.digest, sha256(data));
     }
     assert.equal([...upstream.gets.values()].reduce((n, list) => n + list.length, 0), before, 'no upstream fetch');
-    await sleep(200); // the request lines are written as the answers end
-    const lines = restarted.logs.filter((l) => l.msg === 'request' && String(l.ref).startsWith('sha256:'));
+    // The request lines are written as the answers end, and reach the log a moment later.
+    const blobLines = () => restarted.logs.filter((l) => l.msg === 'request' && String(l.ref).startsWith('sha256:'));
+    for (const deadline = Date.now() + 5_000; blobLines().length < 2 && Date.now() < deadline; ) await sleep(25);
+    const lines = blobLines();
     assert.deepEqual(
       lines.map((l) => l.cache),
       ['hit', 'hit'],

@@ -67,9 +67,23 @@ describe('two replicas sharing Redis', { skip }, () => {
   });
 
   test('a 404 seen by one replica is remembered by the other', async () => {
-    const missing = await http(`${a.url}/v2/library/app/manifests/nope`, { headers: ACCEPT });
-    assert.equal(missing.status, 404);
-    await sleep(100); // the message reaches B
+    // The test listens on the replicas' channel too: once Redis delivered A's message here, it has
+    // written it to B's subscriber connection as well (in the same PUBLISH), before B is asked.
+    const listener = new Redis(redis.url);
+    let heard!: () => void;
+    const delivered = new Promise<void>((resolve) => (heard = resolve));
+    listener.on('message', (_channel: string, key: string) => {
+      if (key.includes('nope')) heard();
+    });
+    await listener.subscribe('it:negative');
+    try {
+      const missing = await http(`${a.url}/v2/library/app/manifests/nope`, { headers: ACCEPT });
+      assert.equal(missing.status, 404);
+      await Promise.race([delivered, sleep(5_000).then(() => assert.fail('A published no 404 within 5 s'))]);
+    } finally {
+      listener.disconnect();
+    }
+    await sleep(20); // B's own connection read it in the same turn of the event loop, or the next
     const since = upstream.seen.length;
     assert.equal((await http(`${b.url}/v2/library/app/manifests/nope`, { headers: ACCEPT })).status, 404);
     assert.deepEqual(upstreamSince(since, 'registry'), [], 'B answered from the shared negative cache');
