@@ -16,9 +16,13 @@
 //   cancel(id)      stops a transfer (its callback still comes, with ECANCELED unless it ended)
 //   sent(id)        bytes sent so far (0 once it ended)
 //
-// And one call that has nothing to do with sendfile but needs C: trimHeap() runs glibc's
+// And two calls that have nothing to do with sendfile but need C: trimHeap() runs glibc's
 // malloc_trim(0), which gives the free pages inside malloc's arenas back to the system (free()
 // only gives back the top of an arena): true when it released memory, undefined without glibc.
+// acceptPending(listenFd, max) accepts the connections waiting in a listening socket's queue, up
+// to `max`, and returns their descriptors (non-blocking, close-on-exec): libuv accepts one
+// connection per turn of its loop, so a burst of clients arriving while the loop is busy would
+// be taken in one per turn (src/http/accept-drain.ts).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -362,12 +366,40 @@ static napi_value trim_heap(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value accept_pending(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, max;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &max) != napi_ok) {
+    napi_throw_type_error(env, NULL, "acceptPending(listenFd, max)");
+    return NULL;
+  }
+  napi_value result;
+  napi_create_array(env, &result);
+  uint32_t count = 0;
+  while ((int64_t)count < max) {
+    int client = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (client < 0) {
+      /* A client that gave up while queued, or a signal: the next one. Anything else (EAGAIN: the
+         queue is empty; EMFILE: out of descriptors, which libuv's own accept handles) ends it. */
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      break;
+    }
+    napi_value value;
+    napi_create_int32(env, client, &value);
+    napi_set_element(env, result, count++, value);
+  }
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
       {"cancel", NULL, cancel, NULL, NULL, NULL, napi_default, NULL},
       {"sent", NULL, sent, NULL, NULL, NULL, napi_default, NULL},
       {"trimHeap", NULL, trim_heap, NULL, NULL, NULL, napi_default, NULL},
+      {"acceptPending", NULL, accept_pending, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

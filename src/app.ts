@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { displayUrl } from './config/credentials.ts';
 import type { Config, ListenAddress } from './config/types.ts';
+import { drainAcceptQueue } from './http/accept-drain.ts';
 import { ConnectionLimiter } from './http/connection-limiter.ts';
 import { createRequestHandler } from './http/request-handler.ts';
 import type { HttpContext } from './http/context.ts';
@@ -172,6 +173,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       sockets.add(socket);
       socket.on('close', () => sockets.delete(socket));
     });
+    // Every connection waiting is taken in with the one libuv accepted (one per turn of the loop).
+    drainAcceptQueue(s);
     s.on('clientError', (error: Error & { code?: string }, socket: Socket) => {
       const status = error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
       // An answer only on a connection that has had none: bytes that break the parser after an

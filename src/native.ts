@@ -7,9 +7,10 @@ import { fileURLToPath } from 'node:url';
 
 /**
  * docxy's native addon (native/sendfile.c, built by `npm run build:native`): the sendfile engine
- * (src/http/file-sender.ts), and the allocator's trim (src/heap-trim.ts). Without it (no C
- * compiler where docxy was built, another OS) docxy streams the bytes itself and keeps what the
- * allocator keeps.
+ * (src/http/file-sender.ts), the allocator's trim (src/heap-trim.ts), and the accept queue's
+ * drain (src/http/accept-drain.ts). Without it (no C compiler where docxy was built, another OS)
+ * docxy streams the bytes itself, keeps what the allocator keeps, and takes in one new connection
+ * per turn of its event loop.
  */
 export interface NativeAddon {
   /** The sendfile engine: see native/sendfile.c. */
@@ -18,6 +19,8 @@ export interface NativeAddon {
   sent(id: number): number;
   /** glibc's malloc_trim(0): true when memory went back to the system; undefined without glibc. */
   trimHeap(): boolean | undefined;
+  /** Accepts up to `max` connections waiting on a listening socket; their descriptors (src/http/accept-drain.ts). */
+  acceptPending(listenFd: number, max: number): number[];
 }
 
 /** The addon's name among the single executable's assets (scripts/build-binary.ts). */
