@@ -8,7 +8,9 @@
 //   DOCXY_BENCH_PAIRS=5 DOCXY_BENCH_PEERS=docxy-nginx-front,nginx-proxy-cache npm run bench:fanout-pairs
 //
 // Settings (positive integers): DOCXY_BENCH_PAIRS (3), DOCXY_BENCH_FANOUT_CLIENTS (50),
-// DOCXY_BENCH_FANOUT_MIB (64), DOCXY_BENCH_UPLINK_MIBPS (200), DOCXY_BENCH_UPLINK_DELAY_MS (20).
+// DOCXY_BENCH_FANOUT_MIB (64), DOCXY_BENCH_UPLINK_MIBPS (200), DOCXY_BENCH_UPLINK_DELAY_MS (20);
+// DOCXY_BENCH_WARMUP=0: each proxy measured right after its start, without serving a warm-up blob
+// of its own first (warm-up.ts).
 // Everything started is stopped by pid and the temp dir removed, on success, failure and Ctrl-C.
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,6 +23,7 @@ import type { ColdPullResult } from './fanout.ts';
 import { fanoutThrough, type FanoutContext, type ProxyName } from './peers.ts';
 import { startThrottle } from './throttle.ts';
 import { pushImage, startUpstream } from './upstream.ts';
+import { pushWarmUpBlob } from './warm-up.ts';
 
 const PEERS: readonly ProxyName[] = ['docxy', 'docxy-nginx-front', 'distribution-proxy', 'nginx-proxy-cache'];
 const PAIRS = positiveEnv('DOCXY_BENCH_PAIRS', 3);
@@ -64,6 +67,7 @@ async function main(): Promise<void> {
     const upstream = await startUpstream(join(tmp, 'registry'), cleanup, { name: 'docker-registry-fanout', accessLog: true });
     const blob = await writeRandomBlob(join(tmp, 'blob.bin'), BLOB_BYTES);
     const image = await pushImage(upstream.url, 'bench/fanout', '1', blob);
+    const warm = await pushWarmUpBlob(upstream.url, tmp);
     const throttle = await startThrottle(join(tmp, 'throttle'), upstream.url, cleanup, UPLINK);
     progress(`${PAIRS} x (${peers.join(', ')}): ${CLIENTS} cold GETs of ${BLOB_BYTES / 2 ** 20} MiB each, origin ${throttle.description}`);
     const context: FanoutContext = {
@@ -77,6 +81,7 @@ async function main(): Promise<void> {
         if (!state.quiet) progress(`other processes used ${(state.otherCores * 100).toFixed(0)}% CPU before ${phase}: its figure is noisy`);
       },
       progress: () => undefined,
+      warmUp: warm,
     };
     const walls = new Map<ProxyName, number[]>(peers.map((peer) => [peer, []]));
     for (let pair = 1; pair <= PAIRS; pair++) {

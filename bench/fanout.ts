@@ -8,18 +8,24 @@
 // curl leaves the most CPU to docxy. One of them streams into this process instead, which hashes
 // the bytes: the sha256 check of what a joined client received.
 //
-// The clients start together: each is spawned first as a shell waiting on its stdin, and once
-// all are up, one line to each execs its curl. Spawned one after another (a fork of this
-// process each), fifty curls took 0.56-0.96 s to start on this 2-core machine, the later ones
-// slower the more CPU the proxy took serving the earlier ones: that measured the spawning as
-// much as the proxy, and favoured a proxy that keeps its first clients waiting.
+// The clients start together: each curl is spawned first and left waiting for its URL on stdin
+// (`-K -`, its config), and once all fifty are up and blocked there, one line to each starts its
+// GET. Spawned one after another (a fork of this process each), fifty curls took 0.56-0.96 s to
+// start on this 2-core machine, the later ones slower the more CPU the proxy took serving the
+// earlier ones: that measured the spawning as much as the proxy, and favoured a proxy that keeps
+// its first clients waiting. Exec'd at the start (a shell waiting on stdin, then `exec curl`, as
+// until 2026-12-03), fifty curls loaded their libraries at the very moment the proxy was to
+// answer them: in some rounds on two cores the proxy got a sliver of the CPU for ~0.5 s and
+// answered half of its clients one by one, 15-40 ms apart.
 import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import type { Cleanup } from './cleanup.ts';
 import { CpuMeter } from './cpu-meter.ts';
 import { cacheReport, startDocxy, type CacheReport } from './docxy-process.ts';
 import { RssSampler, readMemory, type RssSummary } from './rss-sampler.ts';
 import type { Upstream } from './upstream.ts';
+import { warmUp, type WarmUpBlob } from './warm-up.ts';
 import { countBlobRequests, logOffset, readAccessLog, type UpstreamBlobCount } from './upstream-log.ts';
 
 export interface ClientResult {
@@ -29,6 +35,11 @@ export interface ClientResult {
   seconds: number;
   /** curl's time_starttransfer: when the first byte of the answer arrived. */
   firstByteS: number;
+  /**
+   * curl's time_pretransfer: when its request was about to go out (connected). A client starved
+   * of the CPU on a busy machine sends it late, and no server can answer before that.
+   */
+  requestS?: number;
   /** When the client was started, from the start of the first (set by parallelCurl: all at once). */
   startedAtS?: number;
   /** `sha256:<hex>` of the bytes, for the one client whose bytes are hashed. */
@@ -42,7 +53,7 @@ export interface ParallelPull {
   wallS: number;
 }
 
-const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+) ([\d.]+)$/;
+const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$/;
 
 /** A curl spawned and waiting: `go` starts its GET; `result` settles when it exited. */
 interface WaitingClient {
@@ -52,9 +63,33 @@ interface WaitingClient {
   result: Promise<ClientResult>;
 }
 
+/** Until a spawned curl has read its config from stdin, at most this long. */
+const CURL_READY_TIMEOUT_MS = 10_000;
+
+/**
+ * Resolves once process `pid` is blocked reading its stdin (Linux: /proc/<pid>/syscall says
+ * `read` on descriptor 0), or it is gone, or after CURL_READY_TIMEOUT_MS.
+ */
+async function readingStdin(pid: number | undefined): Promise<void> {
+  if (pid === undefined) return;
+  for (const deadline = Date.now() + CURL_READY_TIMEOUT_MS; Date.now() < deadline; ) {
+    let syscall: string;
+    try {
+      syscall = await readFile(`/proc/${pid}/syscall`, 'utf8');
+    } catch {
+      return; // gone (its exit says why), or no /proc
+    }
+    if (/^0 0x0 /.test(syscall)) return;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 /** One curl GET, started by `go`; its body to /dev/null, or hashed here when `hash` is set. */
 function curlClient(url: string, hash: boolean, timeoutMs: number): WaitingClient {
   const args = [
+    // The URL comes as its config on stdin, at `go`: curl is loaded and initialised by then.
+    '--config',
+    '-',
     '--silent',
     '--show-error',
     '--output',
@@ -63,20 +98,18 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): WaitingClien
     String(Math.ceil(timeoutMs / 1000)),
     // %{stderr}: the numbers go to stderr, so stdout carries only the body when it is hashed.
     '--write-out',
-    '%{stderr}\\n%{http_code} %{size_download} %{time_total} %{time_starttransfer}\\n',
-    url,
+    '%{stderr}\\n%{http_code} %{size_download} %{time_total} %{time_starttransfer} %{time_pretransfer}\\n',
   ];
-  // The shell reads one line, then becomes curl (same process): spawning costs nothing at `go`.
-  const child = spawn('sh', ['-c', 'read -r go && exec curl "$@"', 'curl', ...args], { stdio: ['pipe', hash ? 'pipe' : 'ignore', 'pipe'] });
+  const child = spawn('curl', args, { stdio: ['pipe', hash ? 'pipe' : 'ignore', 'pipe'] });
   child.stdin!.on('error', () => undefined); // a client that died already: its exit says why
   const spawned = new Promise<void>((resolve) => {
-    child.once('spawn', () => resolve());
+    child.once('spawn', () => resolve(readingStdin(child.pid)));
     child.once('error', () => resolve());
   });
   let timer: NodeJS.Timeout | undefined;
   const go = () => {
     timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 5_000);
-    child.stdin!.end('go\n');
+    child.stdin!.end(`url = ${JSON.stringify(url)}\n`);
   };
   const result = new Promise<ClientResult>((resolve) => {
     const sha = hash ? createHash('sha256') : undefined;
@@ -102,7 +135,7 @@ function curlClient(url: string, hash: boolean, timeoutMs: number): WaitingClien
         .filter((m) => m !== null)
         .pop();
       const result: ClientResult = match
-        ? { status: Number(match[1]), bytes: Number(match[2]), seconds: Number(match[3]), firstByteS: Number(match[4]) }
+        ? { status: Number(match[1]), bytes: Number(match[2]), seconds: Number(match[3]), firstByteS: Number(match[4]), requestS: Number(match[5]) }
         : { status: 0, bytes: 0, seconds: 0, firstByteS: 0 };
       if (sha) {
         result.digest = `sha256:${sha.digest('hex')}`;
@@ -141,8 +174,8 @@ export interface ColdPullResult {
   clientSeconds: { min: number; median: number; max: number };
   /** curl's time_starttransfer over the clients: when each got its first byte. */
   firstByteSeconds: { min: number; median: number; max: number };
-  /** Per client (in spawn order): spawned and first byte, seconds from the spawn of the first client. */
-  timeline: { startedAtS: number; firstByteAtS: number }[];
+  /** Per client (in spawn order): started, request sent and first byte, seconds from the start of the first client. */
+  timeline: { startedAtS: number; firstByteAtS: number; requestAtS?: number }[];
   /** All clients' bytes / wall time. */
   aggregateMiBps: number;
   /** Clients that got status 200 and every byte. */
@@ -179,6 +212,8 @@ export interface ColdPullOptions {
   digest: string;
   cleanup: Cleanup;
   timeoutMs: number;
+  /** A blob of its own the fresh proxy serves first, so that it is measured running (warm-up.ts). */
+  warmUp?: WarmUpBlob | undefined;
   /** Waits for a quiet machine once the fresh docxy is up, before measuring. */
   quiet: (phase: string, extraPids: Record<string, number>) => Promise<unknown>;
   progress: (message: string) => void;
@@ -210,10 +245,11 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
       );
   try {
     const idleMiB = readMemory(proxy.pid).rssMiB;
+    await warmUp(proxy.url, options.warmUp);
     await options.quiet(options.name, { [options.name]: proxy.pid });
     const before = proxy.isDocxy ? await cacheReport(proxy.url) : undefined;
     const offset = await logOffset(upstream.service.logPath);
-    options.progress(`${options.name}: ${options.clients} concurrent cold GET(s) of ${size / 2 ** 20} MiB through a fresh ${proxy.name}`);
+    options.progress(`${options.name}: ${options.clients} concurrent cold GET(s) of ${size / 2 ** 20} MiB through a fresh ${proxy.name}${options.warmUp ? ' (warmed up)' : ''}`);
     const rss = new RssSampler(proxy.pid, 100);
     const meter = new CpuMeter({ proxy: proxy.pid, registry: upstream.service.pid });
     let pull: ParallelPull;
@@ -261,7 +297,11 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
       proxy: proxy.name,
       clientSeconds: spread(pull.clients.map((c) => c.seconds)),
       firstByteSeconds: spread(pull.clients.map((c) => c.firstByteS)),
-      timeline: pull.clients.map((c) => ({ startedAtS: c.startedAtS ?? 0, firstByteAtS: (c.startedAtS ?? 0) + c.firstByteS })),
+      timeline: pull.clients.map((c) => ({
+        startedAtS: c.startedAtS ?? 0,
+        firstByteAtS: (c.startedAtS ?? 0) + c.firstByteS,
+        ...(c.requestS !== undefined ? { requestAtS: (c.startedAtS ?? 0) + c.requestS } : {}),
+      })),
       aggregateMiBps: totalBytes / 2 ** 20 / pull.wallS,
       complete: pull.clients.length - failures.length,
       failures,

@@ -13,6 +13,7 @@ import { FRONT_ACCEL_PREFIX, NGINX_PROXY_CACHE_DESCRIPTION, startNginxFront, sta
 import { peakOf, RssSampler, type RssSummary } from './rss-sampler.ts';
 import { startThrottle, type ThrottleOptions } from './throttle.ts';
 import { SCHEMA2_MANIFEST, startUpstream, type PushedImage, type Upstream } from './upstream.ts';
+import { warmUp, type WarmUpBlob } from './warm-up.ts';
 
 export type PeerName = 'distribution-proxy' | 'nginx-proxy-cache';
 /** Every caching proxy the bench starts: the peers, docxy, and docxy behind the nginx front. */
@@ -64,7 +65,7 @@ export async function startCachingProxy(name: ProxyName, dir: string, originUrl:
 /**
  * A blob target that is a cold pull every run: a fresh, empty instance per run, its peak RSS kept.
  */
-export function coldTarget(name: string, peer: ProxyName, originUrl: string, blobPath: string, dir: string, cleanup: Cleanup, peaks: number[]): BlobTarget {
+export function coldTarget(name: string, peer: ProxyName, originUrl: string, blobPath: string, dir: string, cleanup: Cleanup, peaks: number[], warm?: WarmUpBlob): BlobTarget {
   let count = 0;
   let current: { proxy: ColdProxy; rss: RssSampler } | undefined;
   return {
@@ -72,6 +73,10 @@ export function coldTarget(name: string, peer: ProxyName, originUrl: string, blo
     settle: true,
     async open() {
       const proxy = await startCachingProxy(peer, join(dir, `${name}-${++count}`), originUrl, cleanup);
+      await warmUp(proxy.url, warm).catch(async (error: unknown) => {
+        await proxy.stop();
+        throw error;
+      });
       current = { proxy, rss: new RssSampler(proxy.pid, 100) };
       return { url: `${proxy.url}${blobPath}`, proxyPid: proxy.pid };
     },
@@ -99,7 +104,7 @@ export async function startWarmPeer(name: ProxyName, dir: string, originUrl: str
 }
 
 /** What a fan-out phase shares with the others: the counting upstream and its image, the clients, the helpers. */
-export type FanoutContext = Pick<ColdPullOptions, 'upstream' | 'clients' | 'cleanup' | 'timeoutMs' | 'quiet' | 'progress'> & { image: PushedImage };
+export type FanoutContext = Pick<ColdPullOptions, 'upstream' | 'clients' | 'cleanup' | 'timeoutMs' | 'quiet' | 'progress' | 'warmUp'> & { image: PushedImage };
 
 /** N concurrent cold pulls of the fan-out blob through a fresh `peer`, from `originUrl` (default the upstream). */
 export async function fanoutThrough(peer: ProxyName, name: string, dir: string, ctx: FanoutContext, originUrl?: string): Promise<ColdPullResult> {
@@ -117,6 +122,7 @@ export async function fanoutThrough(peer: ProxyName, name: string, dir: string, 
     timeoutMs: ctx.timeoutMs,
     quiet: ctx.quiet,
     progress: ctx.progress,
+    warmUp: ctx.warmUp,
     start: (d, origin) => startCachingProxy(peer, d, origin, ctx.cleanup),
   });
   const fb = result.firstByteSeconds;
@@ -128,6 +134,8 @@ export async function fanoutThrough(peer: ProxyName, name: string, dir: string, 
 
 export interface RealisticOrigin {
   throttle: ThrottleOptions & { description: string };
+  /** The proxies served a warm-up blob of their own first (warm-up.ts): their upstream connections may be open already. */
+  warmedUp: boolean;
   /** Cold 1 GiB (or the big blob) GETs: direct through the throttle, docxy, Distribution proxy, nginx proxy_cache. */
   cold: BlobBenchmark;
   /** docxy's peak RSS over its cold runs. */
@@ -155,6 +163,8 @@ export interface RealisticContext extends FanoutContext {
   /** The origin of the big blob (no access log) and its image. */
   bigUpstream: Upstream;
   bigImage: PushedImage;
+  /** The warm-up blob on the big blob's origin (the fan-out's is `warmUp`). */
+  bigWarmUp?: WarmUpBlob | undefined;
   throttle: ThrottleOptions;
   /** Cold runs of docxy and of the registry direct through the uplink (the peers': one). */
   runs: number;
@@ -174,7 +184,7 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
   const docxyPeaks: number[] = [];
   const targets: BlobTarget[] = [
     { name: 'direct', open: async () => ({ url: `${bigThrottle.url}${blobPath}`, proxyPid: bigThrottle.service.pid }) },
-    ...PROXIES.map((peer) => ({ ...coldTarget(peer, peer, bigThrottle.url, blobPath, ctx.dir, ctx.cleanup, peer === 'docxy' ? docxyPeaks : []), runs: peer === 'docxy' ? ctx.runs : 1 })),
+    ...PROXIES.map((peer) => ({ ...coldTarget(peer, peer, bigThrottle.url, blobPath, ctx.dir, ctx.cleanup, peer === 'docxy' ? docxyPeaks : [], ctx.bigWarmUp), runs: peer === 'docxy' ? ctx.runs : 1 })),
   ];
   await ctx.quiet('realistic-origin cold pulls', { bigThrottle: bigThrottle.service.pid, fanoutThrottle: fanoutThrottle.service.pid });
   const cold = await runBlobBenchmark({
@@ -218,6 +228,7 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
   await stopChild(fanoutThrottle.service.child);
   return {
     throttle: { ...ctx.throttle, description: bigThrottle.description },
+    warmedUp: ctx.warmUp !== undefined,
     cold,
     docxyColdPeakMiB: Math.max(0, ...docxyPeaks),
     fanout,

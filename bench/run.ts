@@ -23,7 +23,10 @@
 // For a quick try: `npm run bench -- --quick` (or DOCXY_BENCH_QUICK=1): a 256 MiB blob, 1 run per
 // target, a 16 MiB fan-out blob, 2 s loads. Sizes: DOCXY_BENCH_BLOB_MIB (1024),
 // DOCXY_BENCH_FANOUT_MIB (64), DOCXY_BENCH_FANOUT_CLIENTS (50); the realistic origin:
-// DOCXY_BENCH_UPLINK_MIBPS (200), DOCXY_BENCH_UPLINK_DELAY_MS (20).
+// DOCXY_BENCH_UPLINK_MIBPS (200), DOCXY_BENCH_UPLINK_DELAY_MS (20). DOCXY_BENCH_WARMUP=0 measures
+// every cold pull on a proxy started a moment before, as the bench did until 2026-12-03; by
+// default each first serves a 1 MiB blob of its own (warm-up.ts): a running mirror, this blob not
+// cached.
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
@@ -60,6 +63,7 @@ import { peakOf, readMemory, RssSampler, type RssSummary } from './rss-sampler.t
 import { coldTarget, fanoutThrough, headLoads, PEER_DESCRIPTIONS, runRealisticOrigin, startWarmPeer } from './peers.ts';
 import { scorecard, scoreProblems, type PeerResults } from './scorecard.ts';
 import { pushImage, SCHEMA2_MANIFEST, startUpstream } from './upstream.ts';
+import { pushWarmUpBlob, warmUp } from './warm-up.ts';
 import { runWrk, type WrkOptions } from './wrk.ts';
 
 const QUICK = process.argv.includes('--quick') || process.env.DOCXY_BENCH_QUICK === '1';
@@ -134,6 +138,9 @@ async function benchmark(): Promise<BenchResults> {
   const fanoutImage = await pushImage(fanoutUpstream.url, FANOUT_REPOSITORY, TAG, fanoutFile);
   const fanoutPushS = (performance.now() - t) / 1000;
   await rm(fanoutFile.path);
+  // A small blob on each registry that every proxy measured cold serves first (warm-up.ts).
+  const warmUpBig = await pushWarmUpBlob(upstream.url, tmp);
+  const warmUpFanout = await pushWarmUpBlob(fanoutUpstream.url, tmp);
 
   progress('starting docxy (cache off, and cache on) and the reference proxy');
   const pass = await startDocxy(join(tmp, 'docxy-pass'), upstream.url, cleanup, { label: 'docxy-pass', cache: false });
@@ -218,6 +225,10 @@ async function benchmark(): Promise<BenchResults> {
     open: async () => {
       const docxy = await startDocxy(join(tmp, `${name}-${++missCount}`), upstream.url, cleanup, { label: `${name}-${missCount}`, cache: true, ...(extraConfig ? { extraConfig } : {}) });
       if (!extraConfig) missIdle.push(readMemory(docxy.service.pid).rssMiB);
+      await warmUp(docxy.url, warmUpBig).catch(async (error: unknown) => {
+        await docxy.stop();
+        throw error;
+      });
       missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
       return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
     },
@@ -250,9 +261,9 @@ async function benchmark(): Promise<BenchResults> {
     },
     ...(nginxSendfile ? [{ name: 'nginx-sendfile', runs: WARM_RUNS_PER_TARGET, open: async () => ({ url: `${nginxSendfile!.url}${sendfilePath}`, proxyPid: nginxSendfile!.service.pid }) }] : []),
     ...(nginx ? [{ name: 'nginx', open: async () => ({ url: `${nginx.url}${blobPath}`, proxyPid: nginx.service.pid }) }] : []),
-    coldTarget('distribution-proxy-cold', 'distribution-proxy', upstream.url, blobPath, tmp, cleanup, []),
+    coldTarget('distribution-proxy-cold', 'distribution-proxy', upstream.url, blobPath, tmp, cleanup, [], warmUpBig),
     { name: 'distribution-proxy-warm', runs: WARM_RUNS_PER_TARGET, open: async () => ({ url: `${warmDistribution.proxy.url}${blobPath}`, proxyPid: warmDistribution.proxy.pid }) },
-    coldTarget('nginx-proxy-cache-cold', 'nginx-proxy-cache', upstream.url, blobPath, tmp, cleanup, []),
+    coldTarget('nginx-proxy-cache-cold', 'nginx-proxy-cache', upstream.url, blobPath, tmp, cleanup, [], warmUpBig),
     { name: 'nginx-proxy-cache-warm', runs: WARM_RUNS_PER_TARGET, open: async () => ({ url: `${warmNginx.proxy.url}${blobPath}`, proxyPid: warmNginx.proxy.pid }) },
     ...(front ? [{ name: 'docxy-nginx-front', runs: WARM_RUNS_PER_TARGET, open: async () => ({ url: `${front.proxy.url}${blobPath}`, proxyPid: front.proxy.pid }) }] : []),
   ];
@@ -291,6 +302,7 @@ async function benchmark(): Promise<BenchResults> {
   // --- cold pulls of the fan-out blob: one client, then many at once, each through a fresh docxy ---
   const fanoutBlobPath = `/v2/${FANOUT_REPOSITORY}/blobs/${fanoutImage.layer.digest}`;
   const coldOptions = {
+    warmUp: warmUpFanout,
     upstream: fanoutUpstream,
     blobPath: fanoutBlobPath,
     size: fanoutImage.layer.size,
@@ -308,7 +320,7 @@ async function benchmark(): Promise<BenchResults> {
   );
 
   // --- the peers' fan-out on the same blob and registry, then the realistic origin ---
-  const fanoutContext = { upstream: fanoutUpstream, image: fanoutImage, clients: FANOUT_CLIENTS, cleanup, timeoutMs: FANOUT_TIMEOUT_MS, quiet, progress };
+  const fanoutContext = { upstream: fanoutUpstream, image: fanoutImage, clients: FANOUT_CLIENTS, cleanup, timeoutMs: FANOUT_TIMEOUT_MS, quiet, progress, warmUp: warmUpFanout };
   const peerFanout = {
     'distribution-proxy': await fanoutThrough('distribution-proxy', 'fanout-distribution-proxy', join(tmp, 'fanout-distribution-proxy'), fanoutContext),
     'nginx-proxy-cache': await fanoutThrough('nginx-proxy-cache', 'fanout-nginx-proxy-cache', join(tmp, 'fanout-nginx-proxy-cache'), fanoutContext),
@@ -318,6 +330,7 @@ async function benchmark(): Promise<BenchResults> {
     dir: join(tmp, 'realistic'),
     bigUpstream: upstream,
     bigImage: image,
+    bigWarmUp: warmUpBig,
     throttle: UPLINK,
     runs: REALISTIC_RUNS,
     fanoutRounds: REALISTIC_FANOUT_ROUNDS,
