@@ -14,9 +14,8 @@
 // start on this 2-core machine, the later ones slower the more CPU the proxy took serving the
 // earlier ones: that measured the spawning as much as the proxy, and favoured a proxy that keeps
 // its first clients waiting. Exec'd at the start (a shell waiting on stdin, then `exec curl`, as
-// until 2026-12-03), fifty curls loaded their libraries at the very moment the proxy was to
-// answer them: in some rounds on two cores the proxy got a sliver of the CPU for ~0.5 s and
-// answered half of its clients one by one, 15-40 ms apart.
+// until 2026-12-03), fifty curls loaded their libraries on the proxy's two cores at the very
+// moment it was to answer them (docxy's realistic fan-out: 1.78-1.87 s, now 1.56-1.67).
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
@@ -36,8 +35,9 @@ export interface ClientResult {
   /** curl's time_starttransfer: when the first byte of the answer arrived. */
   firstByteS: number;
   /**
-   * curl's time_pretransfer: when its request was about to go out (connected). A client starved
-   * of the CPU on a busy machine sends it late, and no server can answer before that.
+   * curl's time_pretransfer: when its request was about to go out (connected). It told docxy's
+   * slow first bytes from a slow client: the requests had gone out at once, the server took
+   * them in late (one connection per turn of its loop, see src/http/accept-drain.ts).
    */
   requestS?: number;
   /** When the client was started, from the start of the first (set by parallelCurl: all at once). */
