@@ -121,6 +121,24 @@ function busyLoop(turnMs: number) {
   };
 }
 
+/** `server` with its accept queue drained, listening on 127.0.0.1 (a free port). */
+async function listenDraining<S extends Server | HttpsServer>(server: S): Promise<S> {
+  drainAcceptQueue(server);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return server;
+}
+
+function stop(server: Server | HttpsServer): void {
+  server.closeAllConnections();
+  server.close();
+}
+
+/** Gives the loop turns until `count()` is above 0 (at most 1000). */
+async function untilAny(count: () => number): Promise<void> {
+  for (let turns = 0; count() === 0 && turns < 1000; turns++) await new Promise((resolve) => setImmediate(resolve));
+}
+
 const CLIENTS = 40;
 const TURN_MS = 20;
 
@@ -162,15 +180,9 @@ describe('a burst of connections on a busy event loop', { skip: nativeAddon() ? 
 describe('drainAcceptQueue on a bare server', { skip: nativeAddon() ? false : 'no native addon (npm run build:native)' }, () => {
   let server: Server;
   before(async () => {
-    server = createServer((_req, res) => res.end('ok'));
-    drainAcceptQueue(server);
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
+    server = await listenDraining(createServer((_req, res) => res.end('ok')));
   });
-  after(() => {
-    server.closeAllConnections();
-    server.close();
-  });
+  after(() => stop(server));
 
   test('connections taken from the queue are the server’s own: counted, with their address, and close() waits for them', async () => {
     const port = (server.address() as AddressInfo).port;
@@ -180,7 +192,7 @@ describe('drainAcceptQueue on a bare server', { skip: nativeAddon() ? false : 'n
     const clients = startClients(port, 5, '/', ['hold']);
     try {
       waitForAcceptQueue(port, 5);
-      for (let turns = 0; seen.length === 0 && turns < 1000; turns++) await new Promise((resolve) => setImmediate(resolve));
+      await untilAny(() => seen.length);
       // libuv's one and the four drained with it come in the same 'connection' dispatch.
       assert.equal(seen.length, 5, 'all five taken in by the same turn of the loop');
       await clients.report;
@@ -206,14 +218,10 @@ describe('drainAcceptQueue on a TLS server', { skip: nativeAddon() ? false : 'no
   before(async () => {
     fixtures = generateTlsFixtures();
     const pair = fixtures.pairs['sec1-ec'];
-    server = createHttpsServer({ key: readFileSync(pair.keyPath), cert: pair.cert }, (_req, res) => res.end('ok'));
-    drainAcceptQueue(server);
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
+    server = await listenDraining(createHttpsServer({ key: readFileSync(pair.keyPath), cert: pair.cert }, (_req, res) => res.end('ok')));
   });
   after(() => {
-    server.closeAllConnections();
-    server.close();
+    stop(server);
     fixtures.remove();
   });
 
@@ -224,7 +232,7 @@ describe('drainAcceptQueue on a TLS server', { skip: nativeAddon() ? false : 'no
     const clients = startClients(port, 5, '/', ['tls']);
     try {
       waitForAcceptQueue(port, 5);
-      for (let turns = 0; connections === 0 && turns < 1000; turns++) await new Promise((resolve) => setImmediate(resolve));
+      await untilAny(() => connections);
       assert.equal(connections, 5, 'all five taken in by the same turn of the loop');
       const report = await clients.report;
       assert.deepEqual(report.statuses, Array.from({ length: 5 }, () => 'HTTP/1.1 200 OK'));
