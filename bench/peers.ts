@@ -73,10 +73,7 @@ export function coldTarget(name: string, peer: ProxyName, originUrl: string, blo
     settle: true,
     async open() {
       const proxy = await startCachingProxy(peer, join(dir, `${name}-${++count}`), originUrl, cleanup);
-      await warmUp(proxy.url, warm).catch(async (error: unknown) => {
-        await proxy.stop();
-        throw error;
-      });
+      await warmUp(proxy.url, warm, () => proxy.stop());
       current = { proxy, rss: new RssSampler(proxy.pid, 100) };
       return { url: `${proxy.url}${blobPath}`, proxyPid: proxy.pid };
     },
@@ -142,8 +139,6 @@ export interface RealisticOrigin {
   docxyColdPeakMiB: number;
   /** N concurrent cold pulls of the fan-out blob through each proxy, origin behind the throttle (the first round). */
   fanout: Record<PeerName | 'docxy', ColdPullResult>;
-  /** The same through docxy behind the nginx front; absent when it could not be started. */
-  fanoutFront?: ColdPullResult;
   /**
    * Every round of the fan-outs that are scored against nginx proxy_cache (docxy, nginx, docxy
    * behind the front), taken in turn, the first included: Distribution's, 50 origin GETs through
@@ -155,6 +150,7 @@ export interface RealisticOrigin {
 export interface FanoutRound {
   docxy: ColdPullResult;
   'nginx-proxy-cache': ColdPullResult;
+  /** Through docxy behind the nginx front; absent where the front could not be started. */
   front?: ColdPullResult;
 }
 
@@ -197,33 +193,25 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
   });
   const distributionFanout = await fanoutThrough('distribution-proxy', 'realistic-fanout-distribution-proxy', join(ctx.dir, 'fanout-distribution-proxy'), ctx, fanoutThrottle.url);
   const fanoutRounds: FanoutRound[] = [];
-  let front = ctx.front;
+  const order: ProxyName[] = ['docxy', 'nginx-proxy-cache', ...(ctx.front ? ['docxy-nginx-front' as const] : [])];
   for (let round = 1; round <= ctx.fanoutRounds; round++) {
-    const through = (peer: 'docxy' | 'nginx-proxy-cache') => fanoutThrough(peer, `realistic-fanout-${peer}-${round}`, join(ctx.dir, `fanout-${peer}-${round}`), ctx, fanoutThrottle.url);
-    const behindFront = async (): Promise<ColdPullResult | undefined> => {
-      if (!front) return undefined;
-      return fanoutThrough('docxy-nginx-front', `realistic-fanout-docxy-nginx-front-${round}`, join(ctx.dir, `fanout-front-${round}`), ctx, fanoutThrottle.url).catch((error: unknown) => {
-        ctx.progress(`  the nginx front could not be measured: ${(error as Error).message.split('\n')[0]}`);
-        front = false;
-        return undefined;
-      });
-    };
+    const pulls = new Map<ProxyName, ColdPullResult>();
     // In turn, the order reversed every other round: none always goes first on a warming machine.
-    let result: FanoutRound;
-    if (round % 2 === 1) {
-      const docxy = await through('docxy');
-      const nginx = await through('nginx-proxy-cache');
-      result = { docxy, 'nginx-proxy-cache': nginx, ...optional('front', await behindFront()) };
-    } else {
-      const viaFront = await behindFront();
-      const nginx = await through('nginx-proxy-cache');
-      result = { docxy: await through('docxy'), 'nginx-proxy-cache': nginx, ...optional('front', viaFront) };
+    for (const peer of round % 2 === 1 ? order : [...order].reverse()) {
+      try {
+        pulls.set(peer, await fanoutThrough(peer, `realistic-fanout-${peer}-${round}`, join(ctx.dir, `fanout-${peer}-${round}`), ctx, fanoutThrottle.url));
+      } catch (error) {
+        // The front is measured where it can be started (the rest of the run goes on without it).
+        if (peer !== 'docxy-nginx-front') throw error;
+        ctx.progress(`  the nginx front could not be measured: ${(error as Error).message.split('\n')[0]}`);
+        order.pop();
+      }
     }
-    fanoutRounds.push(result);
+    const front = pulls.get('docxy-nginx-front');
+    fanoutRounds.push({ docxy: pulls.get('docxy')!, 'nginx-proxy-cache': pulls.get('nginx-proxy-cache')!, ...(front ? { front } : {}) });
   }
   const first = fanoutRounds[0]!;
   const fanout: Record<PeerName | 'docxy', ColdPullResult> = { docxy: first.docxy, 'distribution-proxy': distributionFanout, 'nginx-proxy-cache': first['nginx-proxy-cache'] };
-  const fanoutFront = first.front;
   await stopChild(bigThrottle.service.child);
   await stopChild(fanoutThrottle.service.child);
   return {
@@ -232,13 +220,8 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
     cold,
     docxyColdPeakMiB: Math.max(0, ...docxyPeaks),
     fanout,
-    ...(fanoutFront ? { fanoutFront } : {}),
     fanoutRounds,
   };
-}
-
-function optional<K extends string, V>(key: K, value: V | undefined): Partial<Record<K, V>> {
-  return value === undefined ? {} : ({ [key]: value } as Record<K, V>);
 }
 
 /** Manifest HEAD by tag under load (Node client, keep-alive connections) for each target. */

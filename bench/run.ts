@@ -225,10 +225,7 @@ async function benchmark(): Promise<BenchResults> {
     open: async () => {
       const docxy = await startDocxy(join(tmp, `${name}-${++missCount}`), upstream.url, cleanup, { label: `${name}-${missCount}`, cache: true, ...(extraConfig ? { extraConfig } : {}) });
       if (!extraConfig) missIdle.push(readMemory(docxy.service.pid).rssMiB);
-      await warmUp(docxy.url, warmUpBig).catch(async (error: unknown) => {
-        await docxy.stop();
-        throw error;
-      });
+      await warmUp(docxy.url, warmUpBig, () => docxy.stop());
       missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
       return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
     },

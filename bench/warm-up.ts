@@ -38,9 +38,19 @@ export async function pushWarmUpBlob(registryUrl: string, dir: string): Promise<
   return { path: `/v2/${image.repository}/blobs/${image.layer.digest}`, digest: image.layer.digest };
 }
 
-/** GETs the warm-up blob through the proxy at `proxyUrl` (whole, checked); nothing when `blob` is undefined. */
-export async function warmUp(proxyUrl: string, blob: WarmUpBlob | undefined, timeoutMs = 30_000): Promise<void> {
+const WARM_UP_TIMEOUT_MS = 30_000;
+
+/**
+ * GETs the warm-up blob through the proxy at `proxyUrl` (whole, checked); nothing when `blob` is
+ * undefined. When it fails, `stop` (the proxy's) runs before the error goes on.
+ */
+export async function warmUp(proxyUrl: string, blob: WarmUpBlob | undefined, stop?: () => Promise<void>): Promise<void> {
   if (!blob) return;
-  const got = await sha256OfDownload(`${proxyUrl}${blob.path}`, timeoutMs);
-  if (got.digest !== blob.digest) throw new Error(`the warm-up blob through ${proxyUrl} hashed to ${got.digest}, expected ${blob.digest}`);
+  try {
+    const got = await sha256OfDownload(`${proxyUrl}${blob.path}`, WARM_UP_TIMEOUT_MS);
+    if (got.digest !== blob.digest) throw new Error(`the warm-up blob through ${proxyUrl} hashed to ${got.digest}, expected ${blob.digest}`);
+  } catch (error) {
+    await stop?.();
+    throw error;
+  }
 }
