@@ -6,13 +6,19 @@ import { request, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { runCommand } from './child-process.ts';
 import { CpuMeter, flushDirtyPages, readCpuSeconds } from './cpu-meter.ts';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface Endpoint {
   url: string;
   /** The proxy process in front of the registry, if any. */
   proxyPid?: number;
+  /**
+   * For a cold target: the directory the proxy stores in, to tell how much of the blob it had
+   * stored when its client had the last byte (`BlobRun.storedAtLastByte`).
+   */
+  storeDir?: string;
 }
 
 export interface BlobTarget {
@@ -60,6 +66,12 @@ export interface BlobRun {
   cacheOutcome?: string;
   /** For cold targets: the whole cost, deferred work included. */
   whole?: WholeCost;
+  /**
+   * For cold targets: bytes the proxy had written under its store directory when the client had
+   * the blob's last byte (files' sizes, those of the run's start left out): a proxy that stores
+   * what its client gets has the blob; one whose store runs on after the client has part of it.
+   */
+  storedAtLastByte?: number;
 }
 
 export interface BlobBenchmark {
@@ -90,7 +102,9 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
       const meter = new CpuMeter({ registry: options.registryPid, ...(endpoint.proxyPid !== undefined ? { proxy: endpoint.proxyPid } : {}) });
       const startedAt = performance.now();
       const before = target.settle && endpoint.proxyPid !== undefined ? costSoFar(endpoint.proxyPid, options.registryPid) : undefined;
+      const storedBefore = endpoint.storeDir === undefined ? undefined : bytesUnder(endpoint.storeDir);
       const download = await curlDownload(endpoint.url, options.timeoutMs);
+      const storedAtLastByte = storedBefore === undefined ? undefined : bytesUnder(endpoint.storeDir!) - storedBefore;
       const use = meter.stop(download.seconds);
       const whole = before && endpoint.proxyPid !== undefined ? await wholeCost(endpoint.proxyPid, options.registryPid, before, startedAt) : undefined;
       const closed = await target.close?.();
@@ -110,6 +124,7 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
         },
         ...(closed?.cacheOutcome !== undefined ? { cacheOutcome: closed.cacheOutcome } : {}),
         ...(whole ? { whole } : {}),
+        ...(storedAtLastByte !== undefined ? { storedAtLastByte } : {}),
       };
       runs.push(result);
       options.onRun?.(result);
@@ -118,6 +133,20 @@ export async function runBlobBenchmark(options: BlobBenchmarkOptions): Promise<B
   const medianMiBps: Record<string, number> = {};
   for (const target of options.targets) medianMiBps[target.name] = median(runs.filter((r) => r.target === target.name).map((r) => r.mibPerS));
   return { runs, medianMiBps };
+}
+
+/** The sizes of the files under `dir`, summed (a file renamed or removed meanwhile is skipped). */
+export function bytesUnder(dir: string): number {
+  let total = 0;
+  for (const entry of readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    try {
+      total += statSync(join(entry.parentPath, entry.name)).size;
+    } catch {
+      // gone between the listing and the stat (a commit's rename): counted under its new name, if listed
+    }
+  }
+  return total;
 }
 
 interface CostSoFar {

@@ -52,6 +52,7 @@ function line(result: ColdPullResult): string {
     `origin GETs ${result.upstream.blobGets}`,
     `complete ${result.complete}/${result.clients}`,
     `first byte ${fb.min.toFixed(2)}/${fb.median.toFixed(2)}/${fb.max.toFixed(2)} s`,
+    `fetch ended ${result.originFetchEndS?.toFixed(2) ?? '?'} s`,
     `client done ${client.min.toFixed(2)}/${client.median.toFixed(2)}/${client.max.toFixed(2)} s`,
   ].join('  ');
 }
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
     const walls = new Map<ProxyName, number[]>(peers.map((peer) => [peer, []]));
     for (let pair = 1; pair <= PAIRS; pair++) {
       for (const peer of peers) {
-        const result = await fanoutThrough(peer, peer, join(tmp, `${peer}-${pair}`), context, throttle.url);
+        const result = await fanoutThrough(peer, peer, join(tmp, `${peer}-${pair}`), context, throttle);
         if (result.complete !== result.clients) throw new Error(`${peer}: ${result.complete}/${result.clients} clients complete: ${result.failures.join('; ')}`);
         walls.get(peer)!.push(result.wallS);
         process.stdout.write(`#${pair} ${line(result)}\n`);

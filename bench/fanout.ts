@@ -23,6 +23,7 @@ import type { Cleanup } from './cleanup.ts';
 import { CpuMeter } from './cpu-meter.ts';
 import { cacheReport, startDocxy, type CacheReport } from './docxy-process.ts';
 import { RssSampler, readMemory, type RssSummary } from './rss-sampler.ts';
+import type { OriginRun } from './throttle.ts';
 import type { Upstream } from './upstream.ts';
 import { warmUp, type WarmUpBlob } from './warm-up.ts';
 import { countBlobRequests, logOffset, readAccessLog, type UpstreamBlobCount } from './upstream-log.ts';
@@ -51,6 +52,8 @@ export interface ParallelPull {
   clients: ClientResult[];
   /** From starting the clients (all at once, once spawned) to the exit of the last. */
   wallS: number;
+  /** When the clients were started, ms since the epoch. */
+  startedAtMs: number;
 }
 
 const WRITE_OUT = /^(\d{3}) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$/;
@@ -162,7 +165,7 @@ export async function parallelCurl(url: string, count: number, hashOne: boolean,
     return client.result.then((c) => ({ ...c, startedAtS }));
   });
   const results = await Promise.all(clients);
-  return { clients: results, wallS: (performance.now() - started) / 1000 };
+  return { clients: results, wallS: (performance.now() - started) / 1000, startedAtMs: performance.timeOrigin + started };
 }
 
 export interface ColdPullResult {
@@ -176,6 +179,12 @@ export interface ColdPullResult {
   firstByteSeconds: { min: number; median: number; max: number };
   /** Per client (in spawn order): started, request sent and first byte, seconds from the start of the first client. */
   timeline: { startedAtS: number; firstByteAtS: number; requestAtS?: number }[];
+  /**
+   * When the origin passed the proxy the last byte of its last run of 1 MiB or more during the
+   * pull (the one fetch's end, for a proxy that fetches once), seconds from the start of the
+   * first client; known behind a throttle (`originRuns`).
+   */
+  originFetchEndS?: number;
   /** All clients' bytes / wall time. */
   aggregateMiBps: number;
   /** Clients that got status 200 and every byte. */
@@ -205,6 +214,8 @@ export interface ColdPullOptions {
   upstream: Upstream;
   /** Where the proxy fetches from (default: the upstream itself; e.g. a throttle in front of it). */
   originUrl?: string;
+  /** The runs of bytes the origin passed on (a throttle's log): when the fetch really ended (`originFetchEndS`). */
+  originRuns?: () => Promise<OriginRun[]>;
   /** Starts the fresh proxy with an empty cache (default: docxy, with its `/ready` counters cross-checked). */
   start?: (dir: string, originUrl: string) => Promise<ColdProxy>;
   blobPath: string;
@@ -277,6 +288,10 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
     count = countBlobRequests(await readAccessLog(upstream.service.logPath, offset), options.blobPath);
     after = proxy.isDocxy ? await cacheReport(proxy.url) : undefined;
     const memory = rss.stop();
+    // The throttle logs a run once it was quiet for a moment; the settling above waited longer.
+    const pullEndMs = pull.startedAtMs + pull.wallS * 1000;
+    const runs = (await options.originRuns?.())?.filter((run) => run.endAtMs >= pull.startedAtMs && run.endAtMs <= pullEndMs);
+    const lastRun = runs?.at(-1);
 
     const failures: string[] = [];
     pull.clients.forEach((c, i) => {
@@ -302,6 +317,7 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
         firstByteAtS: (c.startedAtS ?? 0) + c.firstByteS,
         ...(c.requestS !== undefined ? { requestAtS: (c.startedAtS ?? 0) + c.requestS } : {}),
       })),
+      ...(lastRun ? { originFetchEndS: (lastRun.endAtMs - pull.startedAtMs) / 1000 } : {}),
       aggregateMiBps: totalBytes / 2 ** 20 / pull.wallS,
       complete: pull.clients.length - failures.length,
       failures,

@@ -11,7 +11,7 @@ import { coldPull, type ColdProxy, type ColdPullOptions, type ColdPullResult } f
 import { measureHeadLoad, type HeadLoad } from './head-latency.ts';
 import { FRONT_ACCEL_PREFIX, NGINX_PROXY_CACHE_DESCRIPTION, startNginxFront, startNginxProxyCache } from './nginx-reference.ts';
 import { peakOf, RssSampler, type RssSummary } from './rss-sampler.ts';
-import { startThrottle, type ThrottleOptions } from './throttle.ts';
+import { startThrottle, type Throttle, type ThrottleOptions } from './throttle.ts';
 import { SCHEMA2_MANIFEST, startUpstream, type PushedImage, type Upstream } from './upstream.ts';
 import { warmUp, type WarmUpBlob } from './warm-up.ts';
 
@@ -72,10 +72,11 @@ export function coldTarget(name: string, peer: ProxyName, originUrl: string, blo
     name,
     settle: true,
     async open() {
-      const proxy = await startCachingProxy(peer, join(dir, `${name}-${++count}`), originUrl, cleanup);
+      const storeDir = join(dir, `${name}-${++count}`);
+      const proxy = await startCachingProxy(peer, storeDir, originUrl, cleanup);
       await warmUp(proxy.url, warm, () => proxy.stop());
       current = { proxy, rss: new RssSampler(proxy.pid, 100) };
-      return { url: `${proxy.url}${blobPath}`, proxyPid: proxy.pid };
+      return { url: `${proxy.url}${blobPath}`, proxyPid: proxy.pid, storeDir };
     },
     async close() {
       const { proxy, rss } = current!;
@@ -103,15 +104,18 @@ export async function startWarmPeer(name: ProxyName, dir: string, originUrl: str
 /** What a fan-out phase shares with the others: the counting upstream and its image, the clients, the helpers. */
 export type FanoutContext = Pick<ColdPullOptions, 'upstream' | 'clients' | 'cleanup' | 'timeoutMs' | 'quiet' | 'progress' | 'warmUp'> & { image: PushedImage };
 
-/** N concurrent cold pulls of the fan-out blob through a fresh `peer`, from `originUrl` (default the upstream). */
-export async function fanoutThrough(peer: ProxyName, name: string, dir: string, ctx: FanoutContext, originUrl?: string): Promise<ColdPullResult> {
+/**
+ * N concurrent cold pulls of the fan-out blob through a fresh `peer`, from `origin` (default the
+ * upstream; a throttle also tells when the fetch ended on its line).
+ */
+export async function fanoutThrough(peer: ProxyName, name: string, dir: string, ctx: FanoutContext, origin?: Pick<Throttle, 'url' | 'runs'>): Promise<ColdPullResult> {
   const result = await coldPull({
     name,
     clients: ctx.clients,
     hashOne: true,
     dir,
     upstream: ctx.upstream,
-    ...(originUrl !== undefined ? { originUrl } : {}),
+    ...(origin ? { originUrl: origin.url, originRuns: origin.runs } : {}),
     blobPath: `/v2/${ctx.image.repository}/blobs/${ctx.image.layer.digest}`,
     size: ctx.image.layer.size,
     digest: ctx.image.layer.digest,
@@ -191,7 +195,7 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
     timeoutMs: ctx.timeoutMs,
     onRun: (run) => ctx.progress(`  realistic cold ${run.target} #${run.run}: ${run.mibPerS.toFixed(0)} MiB/s in ${run.seconds.toFixed(2)} s`),
   });
-  const distributionFanout = await fanoutThrough('distribution-proxy', 'realistic-fanout-distribution-proxy', join(ctx.dir, 'fanout-distribution-proxy'), ctx, fanoutThrottle.url);
+  const distributionFanout = await fanoutThrough('distribution-proxy', 'realistic-fanout-distribution-proxy', join(ctx.dir, 'fanout-distribution-proxy'), ctx, fanoutThrottle);
   const fanoutRounds: FanoutRound[] = [];
   const order: ProxyName[] = ['docxy', 'nginx-proxy-cache', ...(ctx.front ? ['docxy-nginx-front' as const] : [])];
   for (let round = 1; round <= ctx.fanoutRounds; round++) {
@@ -199,7 +203,7 @@ export async function runRealisticOrigin(ctx: RealisticContext): Promise<Realist
     // In turn, the order reversed every other round: none always goes first on a warming machine.
     for (const peer of round % 2 === 1 ? order : [...order].reverse()) {
       try {
-        pulls.set(peer, await fanoutThrough(peer, `realistic-fanout-${peer}-${round}`, join(ctx.dir, `fanout-${peer}-${round}`), ctx, fanoutThrottle.url));
+        pulls.set(peer, await fanoutThrough(peer, `realistic-fanout-${peer}-${round}`, join(ctx.dir, `fanout-${peer}-${round}`), ctx, fanoutThrottle));
       } catch (error) {
         // The front is measured where it can be started (the rest of the run goes on without it).
         if (peer !== 'docxy-nginx-front') throw error;

@@ -223,11 +223,12 @@ async function benchmark(): Promise<BenchResults> {
     name,
     settle: true,
     open: async () => {
-      const docxy = await startDocxy(join(tmp, `${name}-${++missCount}`), upstream.url, cleanup, { label: `${name}-${missCount}`, cache: true, ...(extraConfig ? { extraConfig } : {}) });
+      const storeDir = join(tmp, `${name}-${++missCount}`);
+      const docxy = await startDocxy(storeDir, upstream.url, cleanup, { label: `${name}-${missCount}`, cache: true, ...(extraConfig ? { extraConfig } : {}) });
       if (!extraConfig) missIdle.push(readMemory(docxy.service.pid).rssMiB);
       await warmUp(docxy.url, warmUpBig, () => docxy.stop());
       missInstance = { docxy, rss: new RssSampler(docxy.service.pid, 100), before: await cacheOutcomes(docxy.url) };
-      return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid };
+      return { url: `${docxy.url}${blobPath}`, proxyPid: docxy.service.pid, storeDir };
     },
     close: async () => {
       const instance = missInstance!;

@@ -4,7 +4,7 @@
 // MiB/s with a small burst): fifty fetches of a blob cost fifty times one, as they do on a real
 // line. It runs as a child process of its own (`node bench/throttle.ts PORT TARGET RATE DELAY`),
 // so that its CPU is not the benchmark's and a busy benchmark does not slow the line.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect, createServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,8 @@ export interface Throttle {
   service: Service;
   options: ThrottleOptions;
   description: string;
+  /** The runs of bytes (1 MiB or more) it has passed on to proxies so far. */
+  runs(): Promise<OriginRun[]>;
 }
 
 /** The bucket holds this much time's worth of bytes: bursts stay short. */
@@ -48,14 +50,62 @@ export class TokenBucket {
   }
 }
 
-/** Pipes `from` into `to`, pausing `from` while the bucket is in debt or `to` is full. */
-function throttledPipe(from: Socket, to: Socket, bucket: TokenBucket): void {
+/** A run of bytes toward the proxy ends once its connection sent nothing for this long. */
+const RUN_QUIET_MS = 100;
+/** Runs smaller than this (headers, a token, a manifest) are not logged. */
+const RUN_MIN_BYTES = 1024 * 1024;
+/** The log line of a run: when its last byte was passed on (ms since the epoch) and how many bytes. */
+const RUN_LINE = /^run end=(\d+(?:\.\d+)?) bytes=(\d+)$/;
+
+/** A run of bytes the origin sent to the proxy on one connection (a blob's answer, most often). */
+export interface OriginRun {
+  /** When its last byte was passed on to the proxy, ms since the epoch. */
+  endAtMs: number;
+  bytes: number;
+}
+
+/**
+ * Counts the bytes one connection passes on toward the proxy and, once it was quiet for
+ * RUN_QUIET_MS, logs the run (when its last byte went, how many bytes): the bench learns when a
+ * proxy's fetch really ended on the line, not only when it could have at the line's rate.
+ */
+function runLogger(): (bytes: number) => void {
+  let bytes = 0;
+  let lastAtMs = 0;
+  let timer: NodeJS.Timeout | undefined;
+  return (count) => {
+    bytes += count;
+    lastAtMs = performance.timeOrigin + performance.now();
+    if (timer) {
+      timer.refresh();
+      return;
+    }
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (bytes >= RUN_MIN_BYTES) console.log(`run end=${lastAtMs.toFixed(3)} bytes=${bytes}`);
+      bytes = 0;
+    }, RUN_QUIET_MS);
+  };
+}
+
+/** The runs a throttle logged (see runLogger), in the order they ended. */
+export async function readOriginRuns(logPath: string): Promise<OriginRun[]> {
+  const text = await readFile(logPath, 'utf8').catch(() => '');
+  return text.split('\n').flatMap((line) => {
+    const match = RUN_LINE.exec(line.trim());
+    return match ? [{ endAtMs: Number(match[1]), bytes: Number(match[2]) }] : [];
+  });
+}
+
+/** Pipes `from` into `to`, pausing `from` while the bucket is in debt or `to` is full; `passed` hears of each chunk passed on. */
+function throttledPipe(from: Socket, to: Socket, bucket: TokenBucket, passed?: (bytes: number) => void): void {
   let waitingForTokens = false;
   let waitingForDrain = false;
   const maybeResume = () => {
     if (!waitingForTokens && !waitingForDrain) from.resume();
   };
   from.on('data', (chunk: Buffer) => {
+    passed?.(chunk.length);
     const waitMs = bucket.take(chunk.length);
     if (!to.write(chunk)) {
       waitingForDrain = true;
@@ -89,7 +139,7 @@ function serve(port: number, target: URL, options: ThrottleOptions): void {
       client.once('close', () => origin.destroy());
       origin.once('close', () => client.destroy());
       origin.once('connect', () => {
-        throttledPipe(origin, client, bucket);
+        throttledPipe(origin, client, bucket, runLogger());
         throttledPipe(client, origin, bucket);
         client.resume();
       });
@@ -116,6 +166,7 @@ export async function startThrottle(dir: string, targetUrl: string, cleanup: Cle
     service,
     options,
     description: `a TCP proxy in front of the registry: one token bucket of ${options.rateMiBps} MiB/s shared by all connections, +${options.connectDelayMs} ms per new connection`,
+    runs: () => readOriginRuns(service.logPath),
   };
 }
 
