@@ -52,7 +52,7 @@ function line(result: ColdPullResult): string {
     `origin GETs ${result.upstream.blobGets}`,
     `complete ${result.complete}/${result.clients}`,
     `first byte ${fb.min.toFixed(2)}/${fb.median.toFixed(2)}/${fb.max.toFixed(2)} s`,
-    `fetch ended ${result.originFetchEndS?.toFixed(2) ?? '?'} s`,
+    `fetch ${result.originFetchStartS?.toFixed(2) ?? '?'}-${result.originFetchEndS?.toFixed(2) ?? '?'} s`,
     `client done ${client.min.toFixed(2)}/${client.median.toFixed(2)}/${client.max.toFixed(2)} s`,
   ].join('  ');
 }

@@ -185,6 +185,8 @@ export interface ColdPullResult {
    * first client; known behind a throttle (`originRuns`).
    */
   originFetchEndS?: number;
+  /** When that run began (its first byte to the proxy), on the same clock. */
+  originFetchStartS?: number;
   /** All clients' bytes / wall time. */
   aggregateMiBps: number;
   /** Clients that got status 200 and every byte. */
@@ -317,7 +319,7 @@ export async function coldPull(options: ColdPullOptions): Promise<ColdPullResult
         firstByteAtS: (c.startedAtS ?? 0) + c.firstByteS,
         ...(c.requestS !== undefined ? { requestAtS: (c.startedAtS ?? 0) + c.requestS } : {}),
       })),
-      ...(lastRun ? { originFetchEndS: (lastRun.endAtMs - pull.startedAtMs) / 1000 } : {}),
+      ...(lastRun ? { originFetchStartS: (lastRun.startAtMs - pull.startedAtMs) / 1000, originFetchEndS: (lastRun.endAtMs - pull.startedAtMs) / 1000 } : {}),
       aggregateMiBps: totalBytes / 2 ** 20 / pull.wallS,
       complete: pull.clients.length - failures.length,
       failures,

@@ -55,34 +55,38 @@ const RUN_QUIET_MS = 100;
 /** Runs smaller than this (headers, a token, a manifest) are not logged. */
 const RUN_MIN_BYTES = 1024 * 1024;
 /** The log line of a run: when its last byte was passed on (ms since the epoch) and how many bytes. */
-const RUN_LINE = /^run end=(\d+(?:\.\d+)?) bytes=(\d+)$/;
+const RUN_LINE = /^run start=(\d+(?:\.\d+)?) end=(\d+(?:\.\d+)?) bytes=(\d+)$/;
 
 /** A run of bytes the origin sent to the proxy on one connection (a blob's answer, most often). */
 export interface OriginRun {
-  /** When its last byte was passed on to the proxy, ms since the epoch. */
+  /** When its first byte was passed on to the proxy, ms since the epoch. */
+  startAtMs: number;
+  /** When its last byte was. */
   endAtMs: number;
   bytes: number;
 }
 
 /**
  * Counts the bytes one connection passes on toward the proxy and, once it was quiet for
- * RUN_QUIET_MS, logs the run (when its last byte went, how many bytes): the bench learns when a
- * proxy's fetch really ended on the line, not only when it could have at the line's rate.
+ * RUN_QUIET_MS, logs the run (when its first and last bytes went, how many bytes): the bench
+ * learns when a proxy's fetch really began and ended on the line, not only when it could have.
  */
 function runLogger(): (bytes: number) => void {
   let bytes = 0;
+  let firstAtMs = 0;
   let lastAtMs = 0;
   let timer: NodeJS.Timeout | undefined;
   return (count) => {
-    bytes += count;
     lastAtMs = performance.timeOrigin + performance.now();
+    if (bytes === 0) firstAtMs = lastAtMs;
+    bytes += count;
     if (timer) {
       timer.refresh();
       return;
     }
     timer = setTimeout(() => {
       timer = undefined;
-      if (bytes >= RUN_MIN_BYTES) console.log(`run end=${lastAtMs.toFixed(3)} bytes=${bytes}`);
+      if (bytes >= RUN_MIN_BYTES) console.log(`run start=${firstAtMs.toFixed(3)} end=${lastAtMs.toFixed(3)} bytes=${bytes}`);
       bytes = 0;
     }, RUN_QUIET_MS);
   };
@@ -93,7 +97,7 @@ export async function readOriginRuns(logPath: string): Promise<OriginRun[]> {
   const text = await readFile(logPath, 'utf8').catch(() => '');
   return text.split('\n').flatMap((line) => {
     const match = RUN_LINE.exec(line.trim());
-    return match ? [{ endAtMs: Number(match[1]), bytes: Number(match[2]) }] : [];
+    return match ? [{ startAtMs: Number(match[1]), endAtMs: Number(match[2]), bytes: Number(match[3]) }] : [];
   });
 }
 
