@@ -54,7 +54,7 @@ export class TokenBucket {
 const RUN_QUIET_MS = 100;
 /** Runs smaller than this (headers, a token, a manifest) are not logged. */
 const RUN_MIN_BYTES = 1024 * 1024;
-/** The log line of a run: when its last byte was passed on (ms since the epoch) and how many bytes. */
+/** The log line of a run: when its first and last bytes were passed on (ms since the epoch) and how many bytes. */
 const RUN_LINE = /^run start=(\d+(?:\.\d+)?) end=(\d+(?:\.\d+)?) bytes=(\d+)$/;
 
 /** A run of bytes the origin sent to the proxy on one connection (a blob's answer, most often). */
@@ -93,7 +93,7 @@ function runLogger(): (bytes: number) => void {
 }
 
 /** The runs a throttle logged (see runLogger), in the order they ended. */
-export async function readOriginRuns(logPath: string): Promise<OriginRun[]> {
+async function readOriginRuns(logPath: string): Promise<OriginRun[]> {
   const text = await readFile(logPath, 'utf8').catch(() => '');
   return text.split('\n').flatMap((line) => {
     const match = RUN_LINE.exec(line.trim());
